@@ -1,0 +1,38 @@
+// Helpers shared by the CUDA kernels: type conversions, launch checks, grid sizing.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "fastconv/cuda_api.h"
+#include "fastconv/shapes.h"
+
+namespace fastconv {
+namespace cuda {
+
+// Loads/stores in the accumulation type, whatever the storage type.
+template <typename T> __device__ __forceinline__ AccT<T> to_acc(T v) { return static_cast<AccT<T>>(v); }
+template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_acc(AccT<T> v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Grid size for a grid-stride loop over `total` items: enough blocks to fill the GPU, capped so
+// 64-bit totals never overflow gridDim.x.
+inline unsigned int grid_for(int64_t total, int threads, int64_t max_blocks = 65535LL * 8) {
+  int64_t blocks = (total + threads - 1) / threads;
+  if (blocks < 1) blocks = 1;
+  if (blocks > max_blocks) blocks = max_blocks;
+  return static_cast<unsigned int>(blocks);
+}
+
+// The error of the last launch (launch-configuration errors surface here, not at sync).
+inline cudaError_t launch_status() { return cudaGetLastError(); }
+
+}  // namespace cuda
+}  // namespace fastconv

@@ -1,0 +1,105 @@
+// The CUDA kernel ABI: raw device pointers + a shape struct + a stream, no torch, no cuBLAS/cuDNN.
+// Every launcher enqueues on the given stream, never synchronises, never allocates (scratch comes
+// from the caller's workspace), and returns the first cudaError_t it meets (cudaErrorInvalidValue
+// for a configuration it cannot implement or a workspace that is too small).
+//
+// T is float, __half, __nv_bfloat16 or double where noted; accumulation is in AccT<T> (float, or
+// double for double). Layout contract (the binding guarantees it): x, y, dy, dx are densely packed
+// in the SAME format, either NCHW or NHWC (channels_last), and the strides in the shape structs
+// are exact; the weight is packed KCRS for NCHW and KRSC for NHWC. Output tensors are overwritten.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#include "fastconv/shapes.h"
+
+namespace fastconv {
+namespace cuda {
+
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+template <typename T> using AccT = typename AccType<T>::type;
+
+enum class ConvDir : int { kFprop = 0, kDgrad = 1, kWgrad = 2 };
+
+// Every conv algorithm has the same five entry points, so the binding can table them:
+//   bool   conv2d_<algo>_can_implement(shape, dir, elem_bytes)
+//   size_t conv2d_<algo>_workspace_bytes(shape, dir, elem_bytes, workspace_limit)
+//   fprop: (shape, x, w, bias|null, y, ws, ws_bytes, stream)
+//   dgrad: (shape, dy, w, dx, ws, ws_bytes, stream)
+//   wgrad: (shape, dy, x, dw, ws, ws_bytes, stream)
+// workspace_limit bounds what the algorithm asks for (im2col chunks the batch to stay under it).
+#define FASTCONV_DECLARE_CONV_ALGO(algo)                                                               \
+  bool conv2d_##algo##_can_implement(const Conv2dShape& s, ConvDir dir, int elem_bytes);              \
+  size_t conv2d_##algo##_workspace_bytes(const Conv2dShape& s, ConvDir dir, int elem_bytes,           \
+                                         size_t workspace_limit);                                     \
+  template <typename T>                                                                               \
+  cudaError_t conv2d_##algo##_fprop(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, \
+                                    void* ws, size_t ws_bytes, cudaStream_t stream);                  \
+  template <typename T>                                                                               \
+  cudaError_t conv2d_##algo##_dgrad(const Conv2dShape& s, const T* dy, const T* w, T* dx, void* ws,   \
+                                    size_t ws_bytes, cudaStream_t stream);                            \
+  template <typename T>                                                                               \
+  cudaError_t conv2d_##algo##_wgrad(const Conv2dShape& s, const T* dy, const T* x, T* dw, void* ws,   \
+                                    size_t ws_bytes, cudaStream_t stream);
+
+// conv2d_direct.cu — any config; T in {float, __half, __nv_bfloat16, double}.
+FASTCONV_DECLARE_CONV_ALGO(direct)
+// im2col.cu + gemm_simt.cu — any config; T in {float, __half, __nv_bfloat16}.
+FASTCONV_DECLARE_CONV_ALGO(im2col)
+// conv2d_1x1.cu — R = S = 1, no padding, any stride/groups; T in {float, __half, __nv_bfloat16}.
+FASTCONV_DECLARE_CONV_ALGO(gemm1x1)
+
+#undef FASTCONV_DECLARE_CONV_ALGO
+
+// gemm_simt.cu — batched C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b], row-major, FP32 (or FP64)
+// accumulate. op(A) is M x K, op(B) is K x N. T in {float, __half, __nv_bfloat16}; Out in {T, float}.
+template <typename T, typename Out>
+cudaError_t gemm_simt(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, bool trans_a, const T* B,
+                      int64_t ldb, bool trans_b, Out* C, int64_t ldc, float alpha, float beta, int64_t batch,
+                      int64_t stride_a, int64_t stride_b, int64_t stride_c, cudaStream_t stream);
+
+// ---- pool2d.cu — T in {float, __half, __nv_bfloat16, double}; idx has y's layout -------------------
+template <typename T>
+cudaError_t max_pool2d_fwd(const Pool2dShape& s, const T* x, T* y, int64_t* idx, cudaStream_t stream);
+template <typename T>
+cudaError_t max_pool2d_bwd(const Pool2dShape& s, const T* dy, const int64_t* idx, T* dx, cudaStream_t stream);
+template <typename T>
+cudaError_t avg_pool2d_fwd(const Pool2dShape& s, bool count_include_pad, int64_t divisor_override, const T* x,
+                           T* y, cudaStream_t stream);
+template <typename T>
+cudaError_t avg_pool2d_bwd(const Pool2dShape& s, bool count_include_pad, int64_t divisor_override, const T* dy,
+                           T* dx, cudaStream_t stream);
+template <typename T>
+cudaError_t adaptive_avg_pool2d_fwd(const Pool2dShape& s, const T* x, T* y, cudaStream_t stream);
+template <typename T>
+cudaError_t adaptive_avg_pool2d_bwd(const Pool2dShape& s, const T* dy, T* dx, cudaStream_t stream);
+
+// ---- batchnorm2d.cu — T in {float, __half, __nv_bfloat16, double}; parameters and stats in AccT<T> ---
+size_t batch_norm_workspace_bytes(const BatchNormShape& s, int elem_bytes);
+// Numerically stable (Welford / two-pass) per-channel statistics, then normalise (+ReLU).
+template <typename T>
+cudaError_t batch_norm_train_fwd(const BatchNormShape& s, const T* x, const AccT<T>* weight, const AccT<T>* bias,
+                                 double eps, bool relu, T* y, AccT<T>* save_mean, AccT<T>* save_invstd,
+                                 AccT<T>* batch_var, void* ws, size_t ws_bytes, cudaStream_t stream);
+template <typename T>
+cudaError_t batch_norm_eval_fwd(const BatchNormShape& s, const T* x, const AccT<T>* weight, const AccT<T>* bias,
+                                const AccT<T>* running_mean, const AccT<T>* running_var, double eps, bool relu,
+                                T* y, cudaStream_t stream);
+// Same contract as the CPU batch_norm_bwd; dx/dweight/dbias nullable.
+template <typename T>
+cudaError_t batch_norm_bwd(const BatchNormShape& s, const T* dy, const T* x, const T* y, const AccT<T>* weight,
+                           const AccT<T>* mean, const AccT<T>* invstd, bool train, bool relu, T* dx,
+                           AccT<T>* dweight, AccT<T>* dbias, void* ws, size_t ws_bytes, cudaStream_t stream);
+// A = float or double.
+template <typename A>
+cudaError_t batch_norm_update_running_stats(int64_t C, const A* save_mean, const A* batch_var, int64_t count,
+                                            double factor, A* running_mean, A* running_var, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastconv
