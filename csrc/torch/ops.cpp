@@ -4,6 +4,7 @@
 // Python (fastconv/_meta.py, fastconv/autograd.py).
 #include <Python.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include "checks.h"
 
@@ -31,7 +32,11 @@ std::string cuda_arch_list() {
 }  // namespace fastconv
 
 TORCH_LIBRARY(fastconv, m) {
-  m.set_python_module("fastconv._meta");
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  m.set_python_module("fastconv._meta");  // fake kernels live there
+#else
+  m.impl_abstract_pystub("fastconv._meta");
+#endif
   // Convolution: forward and the two backward products. algo is a concrete name ("direct",
   // "im2col", "gemm1x1", ...): "auto" is resolved in Python before the op is called.
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
