@@ -49,14 +49,14 @@ def _extensions():
     with_cuda, why = _cuda_decision()
     sources = sorted(glob.glob("csrc/torch/ops.cpp") + glob.glob("csrc/torch/cpu_*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "torch")]
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
     define_macros = []
     if with_cuda:
         archs = os.environ.get("FASTCONV_CUDA_ARCH") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0a"
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         sources += sorted(glob.glob("csrc/torch/cuda_*.cpp") + glob.glob("csrc/cuda/*.cu"))
         define_macros += [("FASTCONV_WITH_CUDA", None), ("FASTCONV_CUDA_ARCHS", f'"{archs}"')]
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
                 "-Xptxas=--warn-on-spills"]
         _log(f"building CPU + CUDA kernels for archs {archs}: {why}")
         ext = CUDAExtension("fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,

@@ -1,6 +1,25 @@
-"""fastconv: hand-written convolution, pooling and batch-norm kernels for PyTorch."""
+"""fastconv: hand-written convolution, pooling and batch-norm kernels for PyTorch.
 
-from fastconv import _ext  # noqa: F401  (registers torch.ops.fastconv.*)
-from fastconv import _meta  # noqa: F401
+    import fastconv
+    y = fastconv.functional.conv2d(x, w, b, stride=1, padding=1, algo="auto")
+    layer = fastconv.Conv2d(64, 128, 3, padding=1)        # drop-in torch.nn.Conv2d
+    model = fastconv.convert(torchvision_model)          # swap every supported layer
+"""
+
+from __future__ import annotations
+
+from fastconv import _ext  # noqa: F401  (loads fastconv._C: registers torch.ops.fastconv.*)
+from fastconv import _meta  # noqa: F401  (fake kernels)
+from fastconv import autograd as _autograd  # noqa: F401
+from fastconv import functional
+from fastconv.algorithms import available_algorithms
+from fastconv.convert import convert, revert
+from fastconv.info import build_info
+from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormReLU2d, Conv2d, MaxPool2d
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "functional", "available_algorithms", "convert", "revert", "build_info",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNormReLU2d",
+]

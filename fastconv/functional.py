@@ -1,0 +1,212 @@
+"""fastconv's functional API: torch.nn.functional's signatures, fastconv's kernels.
+
+    conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto")
+    max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False)
+    avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None)
+    adaptive_avg_pool2d(input, output_size)
+    batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5)
+    batch_norm_relu(...)   the same arguments; ReLU fused into the normalisation
+
+Inputs are Tensor[N, C, H, W] or unbatched Tensor[C, H, W] (batch norm: Tensor[N, C, *]), in NCHW or
+channels_last memory format; outputs follow torch's memory-format rules. Everything is differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastconv import algorithms
+from fastconv import autograd as _autograd  # noqa: F401  (registers the backward formulas)
+
+ops = torch.ops.fastconv
+
+IntOr2 = Union[int, Sequence[int]]
+
+
+def _pair(v: IntOr2, name: str, op: str) -> Tuple[int, int]:
+    if isinstance(v, (list, tuple, torch.Size)):
+        if len(v) == 1:
+            return (int(v[0]), int(v[0]))
+        if len(v) != 2:
+            raise RuntimeError(f"fastconv.{op}: {name} must be an int or a tuple of two ints, got {tuple(v)}")
+        return (int(v[0]), int(v[1]))
+    if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
+        raise TypeError(f"fastconv.{op}: {name} must be an int or a tuple of two ints, got {type(v).__name__}")
+    return (int(v), int(v))
+
+
+def _check_tensor(t, name: str, op: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"fastconv.{op}: argument '{name}' must be Tensor, not {type(t).__name__}")
+
+
+def _batched(input: Tensor, op: str, what: str = "input") -> Tuple[Tensor, bool]:
+    """Adds the batch dimension of an unbatched [C, H, W] input; rejects other ranks like torch."""
+    _check_tensor(input, what, op)
+    if input.dim() == 4:
+        return input, True
+    if input.dim() == 3:
+        return input.unsqueeze(0), False
+    raise RuntimeError(f"fastconv.{op}: Expected 3D (unbatched) or 4D (batched) {what}, "
+                       f"but got {what} of size: {list(input.shape)}")
+
+
+def _same_padding(input: Tensor, weight: Tensor, stride, dilation, op: str) -> Tuple[Tensor, Tuple[int, int]]:
+    """padding="same": torch pads (total // 2) on both sides and any odd remainder at the end."""
+    if stride != (1, 1):
+        raise RuntimeError(f"fastconv.{op}: padding='same' is not supported for strided convolutions")
+    pads, extra = [], []
+    for d, k in zip(dilation, weight.shape[2:]):
+        total = d * (int(k) - 1)
+        pads.append(total // 2)
+        extra.append(total - 2 * (total // 2))
+    if any(extra):
+        input = F.pad(input, [0, extra[1], 0, extra[0]])
+    return input, (pads[0], pads[1])
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOr2 = 1,
+           padding: Union[IntOr2, str] = 0, dilation: IntOr2 = 1, groups: int = 1, *, algo: str = "auto") -> Tensor:
+    """2-D convolution, as torch.nn.functional.conv2d.
+
+    input Tensor[N, C, H, W] (or [C, H, W]), weight Tensor[K, C/groups, R, S], bias Tensor[K] or None
+    -> Tensor[N, K, P, Q]. `algo` picks the kernel ("auto", "direct", "im2col", "gemm1x1", ...; see
+    fastconv.available_algorithms(device)).
+    """
+    x, batched = _batched(input, "conv2d")
+    _check_tensor(weight, "weight", "conv2d")
+    if bias is not None:
+        _check_tensor(bias, "bias", "conv2d")
+    if weight.dim() != 4:
+        raise RuntimeError(f"fastconv.conv2d: expected a 4-D weight [K, C/groups, R, S], got weight of size "
+                           f"{list(weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"fastconv.conv2d: groups must be an int, got {type(groups).__name__}")
+    if groups <= 0:
+        raise RuntimeError("fastconv.conv2d: non-positive groups is not supported")
+    stride_ = _pair(stride, "stride", "conv2d")
+    dilation_ = _pair(dilation, "dilation", "conv2d")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0)
+        elif padding == "same":
+            x, pad = _same_padding(x, weight, stride_, dilation_, "conv2d")
+        else:
+            raise RuntimeError(f"fastconv.conv2d: Invalid padding string '{padding}', should be one of "
+                               "['valid', 'same']")
+    else:
+        pad = _pair(padding, "padding", "conv2d")
+    problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
+    concrete = algorithms.resolve(algo, problem)
+    y = ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, concrete)
+    return y if batched else y.squeeze(0)
+
+
+def _pool_stride(stride, kernel: Tuple[int, int], op: str) -> Tuple[int, int]:
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        return kernel
+    return _pair(stride, "stride", op)
+
+
+def max_pool2d(input: Tensor, kernel_size: IntOr2, stride: Optional[IntOr2] = None, padding: IntOr2 = 0,
+               dilation: IntOr2 = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """2-D max pooling, as torch.nn.functional.max_pool2d: Tensor[N, C, H, W] -> Tensor[N, C, P, Q]
+    (and int64 indices h·W + w of each maximum when return_indices)."""
+    x, batched = _batched(input, "max_pool2d")
+    k = _pair(kernel_size, "kernel_size", "max_pool2d")
+    s = _pool_stride(stride, k, "max_pool2d")
+    y, idx = ops.max_pool2d(x, list(k), list(s), list(_pair(padding, "padding", "max_pool2d")),
+                            list(_pair(dilation, "dilation", "max_pool2d")), bool(ceil_mode))
+    if not batched:
+        y, idx = y.squeeze(0), idx.squeeze(0)
+    return (y, idx) if return_indices else y
+
+
+def avg_pool2d(input: Tensor, kernel_size: IntOr2, stride: Optional[IntOr2] = None, padding: IntOr2 = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Tensor:
+    """2-D average pooling, as torch.nn.functional.avg_pool2d: Tensor[N, C, H, W] -> Tensor[N, C, P, Q]."""
+    x, batched = _batched(input, "avg_pool2d")
+    k = _pair(kernel_size, "kernel_size", "avg_pool2d")
+    s = _pool_stride(stride, k, "avg_pool2d")
+    if divisor_override is not None and int(divisor_override) == 0:
+        raise RuntimeError("fastconv.avg_pool2d: divisor must be not zero")
+    y = ops.avg_pool2d(x, list(k), list(s), list(_pair(padding, "padding", "avg_pool2d")), bool(ceil_mode),
+                       bool(count_include_pad), None if divisor_override is None else int(divisor_override))
+    return y if batched else y.squeeze(0)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: Union[int, None, Sequence[Optional[int]]]) -> Tensor:
+    """Adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d: Tensor[N, C, H, W] ->
+    Tensor[N, C, *output_size]; a None entry keeps that input size."""
+    x, batched = _batched(input, "adaptive_avg_pool2d")
+    if output_size is None or isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    if len(output_size) != 2:
+        raise RuntimeError(f"fastconv.adaptive_avg_pool2d: output_size must be 2, got {len(output_size)}")
+    out = [int(x.shape[2 + i]) if v is None else int(v) for i, v in enumerate(output_size)]
+    if out[0] < 0 or out[1] < 0:
+        raise RuntimeError(f"fastconv.adaptive_avg_pool2d: elements of output_size must be non-negative, got {out}")
+    y = ops.adaptive_avg_pool2d(x, out)
+    return y if batched else y.squeeze(0)
+
+
+def _verify_batch_size(size: torch.Size) -> None:
+    n = size[0]
+    for d in size[2:]:
+        n *= d
+    if n == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+
+
+def _batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                weight: Optional[Tensor], bias: Optional[Tensor], training: bool, momentum: float, eps: float,
+                relu: bool, op: str) -> Tensor:
+    _check_tensor(input, "input", op)
+    if input.dim() < 2:
+        raise ValueError(f"fastconv.{op}: expected at least 2-D input (N, C, *), got {input.dim()}-D input")
+    c = input.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None:
+            _check_tensor(t, name, op)
+            if t.numel() != c:
+                raise RuntimeError(f"fastconv.{op}: {name} should contain {c} elements not {t.numel()}")
+    # (N, C, *) is viewed as [N, C, L, 1] so one 4-D kernel serves every rank.
+    x = input if input.dim() == 4 else input.reshape(input.shape[0], c, -1, 1)
+    if training:
+        _verify_batch_size(input.shape)
+        y, mean, _invstd, var = ops.batch_norm_train(x, weight, bias, float(eps), relu)
+        if running_mean is not None and running_var is not None:
+            count = x.numel() // c if c else 0
+            with torch.no_grad():
+                ops.batch_norm_update_running_stats_(running_mean, running_var, mean.detach(), var.detach(),
+                                                     count, float(momentum))
+    else:
+        if running_mean is None or running_var is None:
+            raise RuntimeError(f"fastconv.{op}: running_mean and running_var must be defined in evaluation mode")
+        y = ops.batch_norm_eval(x, weight, bias, running_mean, running_var, float(eps), relu)
+    return y if input.dim() == 4 else y.reshape(input.shape)
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalisation, as torch.nn.functional.batch_norm: Tensor[N, C, *] -> Tensor[N, C, *].
+    In training the batch statistics normalise and the running ones (if given) are updated in place."""
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, False, "batch_norm")
+
+
+def batch_norm_relu(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """relu(batch_norm(...)) in one kernel (forward and backward)."""
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, True,
+                       "batch_norm_relu")
+
+
+__all__: List[str] = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "batch_norm_relu"]
