@@ -3,16 +3,19 @@
 // any element strides (NCHW, channels_last, sliced views), all through Strides4.
 //
 // Kernels and who computes what (OpenMP threads split the collapsed outer loops, static schedule):
-//   conv2d_direct_fprop  one y[n, k, p, :] row per iteration of the (n, k, p) loop
-//   conv2d_direct_dgrad  one dx[n, c, h, :] row per iteration of the (n, c, h) loop (gather form:
-//                        each dx element sums the dy entries whose window covers it, no scatter)
+//   conv2d_direct_fprop  one y[n, k, p, :] row per iteration of the (n, k, p) loop, accumulated in
+//                        a per-thread row buffer
+//   conv2d_direct_dgrad  one dx[n, c, h, :] row per iteration of the (n, c, h) loop, in a per-thread
+//                        row buffer (gather form across threads: only this thread writes the row)
 //   conv2d_direct_wgrad  one dw[k, c, r, s] element per iteration of the (k, c, r, s) loop, reduced
 //                        over n, p, q
 // Every output element is produced by exactly one thread in a fixed order, so results are
 // deterministic and independent of the thread count. Sums are accumulated in double: the extra
 // conversions are cheap next to the strided loads, and float results then match a float64 reference
 // to the last bit or so.
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "fastconv/cpu_api.h"
 
@@ -21,6 +24,9 @@ namespace cpu {
 namespace {
 
 using Acc = double;
+
+// Independent partial sums in the dense wgrad dot product (one SIMD register of doubles or two).
+constexpr int kLanes = 4;
 
 // Ceiling division that is correct for negative numerators.
 inline int64_t ceil_div_signed(int64_t a, int64_t b) { return -floor_div(-a, b); }
@@ -56,32 +62,43 @@ Status conv2d_direct_fprop(const Conv2dShape& s, const T* x, const T* w, const T
   if (x == nullptr || w == nullptr || y == nullptr) return Status::kNullPointer;
   const int64_t Cg = s.Cg(), Kg = s.Kg();
 
-#pragma omp parallel for collapse(3) schedule(static)
-  for (int64_t n = 0; n < s.N; ++n) {
-    for (int64_t k = 0; k < s.K; ++k) {
-      for (int64_t p = 0; p < s.P; ++p) {
-        const int64_t c0 = (k / Kg) * Cg;
-        int64_t r_lo, r_hi;
-        tap_range(p, s.stride_h, s.pad_h, s.dil_h, s.R, s.H, &r_lo, &r_hi);
-        const T* xn = x + n * s.x.n;
-        const T* wk = w + k * s.w.n;
-        T* yrow = y + s.y.offset(n, k, p, 0);
-        for (int64_t q = 0; q < s.Q; ++q) {
-          int64_t s_lo, s_hi;
-          tap_range(q, s.stride_w, s.pad_w, s.dil_w, s.S, s.W, &s_lo, &s_hi);
-          Acc acc = bias != nullptr ? static_cast<Acc>(bias[k]) : Acc(0);
+#pragma omp parallel
+  {
+    // One output row of accumulators per thread: the inner loop runs over q with independent
+    // sums, so it vectorises without reassociating any of them.
+    std::vector<Acc> acc(static_cast<size_t>(s.Q));
+#pragma omp for collapse(3) schedule(static)
+    for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t k = 0; k < s.K; ++k) {
+        for (int64_t p = 0; p < s.P; ++p) {
+          const int64_t c0 = (k / Kg) * Cg;
+          const Acc b0 = bias != nullptr ? static_cast<Acc>(bias[k]) : Acc(0);
+          for (int64_t q = 0; q < s.Q; ++q) acc[q] = b0;
+          int64_t r_lo, r_hi;
+          tap_range(p, s.stride_h, s.pad_h, s.dil_h, s.R, s.H, &r_lo, &r_hi);
           for (int64_t c = 0; c < Cg; ++c) {
-            const T* xc = xn + (c0 + c) * s.x.c;
-            const T* wc = wk + c * s.w.c;
+            const T* xc = x + n * s.x.n + (c0 + c) * s.x.c;
+            const T* wc = w + k * s.w.n + c * s.w.c;
             for (int64_t r = r_lo; r < r_hi; ++r) {
               const T* xr = xc + s.in_h(p, r) * s.x.h;
-              const T* wr = wc + r * s.w.h;
-              for (int64_t t = s_lo; t < s_hi; ++t) {
-                acc += static_cast<Acc>(xr[s.in_w(q, t) * s.x.w]) * static_cast<Acc>(wr[t * s.w.w]);
+              for (int64_t t = 0; t < s.S; ++t) {
+                int64_t q_lo, q_hi;
+                out_range(t, s.stride_w, s.pad_w, s.dil_w, s.Q, s.W, &q_lo, &q_hi);
+                const Acc wv = static_cast<Acc>(wc[r * s.w.h + t * s.w.w]);
+                // x column of output q is q·stride_w + (t·dil_w − pad_w), inside [0, W) for q in range.
+                const int64_t off = (t * s.dil_w - s.pad_w) * s.x.w;
+                const int64_t step = s.stride_w * s.x.w;
+                if (step == 1) {  // dense rows (NCHW, stride 1): a unit-stride loop the compiler vectorises
+                  const T* xt = xr + off;
+                  for (int64_t q = q_lo; q < q_hi; ++q) acc[q] += wv * static_cast<Acc>(xt[q]);
+                } else {
+                  for (int64_t q = q_lo; q < q_hi; ++q) acc[q] += wv * static_cast<Acc>(xr[q * step + off]);
+                }
               }
             }
           }
-          yrow[q * s.y.w] = static_cast<T>(acc);
+          T* yrow = y + s.y.offset(n, k, p, 0);
+          for (int64_t q = 0; q < s.Q; ++q) yrow[q * s.y.w] = static_cast<T>(acc[q]);
         }
       }
     }
@@ -96,35 +113,46 @@ Status conv2d_direct_dgrad(const Conv2dShape& s, const T* dy, const T* w, T* dx)
   if (dy == nullptr || w == nullptr || dx == nullptr) return Status::kNullPointer;
   const int64_t Cg = s.Cg(), Kg = s.Kg();
 
-#pragma omp parallel for collapse(3) schedule(static)
-  for (int64_t n = 0; n < s.N; ++n) {
-    for (int64_t c = 0; c < s.C; ++c) {
-      for (int64_t h = 0; h < s.H; ++h) {
-        const int64_t g = c / Cg;
-        const int64_t cl = c - g * Cg;  // channel index inside the weight's C/groups dimension
-        const T* dyn = dy + n * s.y.n;
-        T* dxrow = dx + s.x.offset(n, c, h, 0);
-        for (int64_t iw = 0; iw < s.W; ++iw) {
-          Acc acc = 0;
+#pragma omp parallel
+  {
+    // The dx row [n, c, h, :] is owned by one thread and accumulated in this buffer: within the
+    // row, dy[q] adds into column q·stride_w − pad_w + t·dil_w, in a fixed (r, k, t, q) order.
+    std::vector<Acc> acc(static_cast<size_t>(s.W));
+#pragma omp for collapse(3) schedule(static)
+    for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t c = 0; c < s.C; ++c) {
+        for (int64_t h = 0; h < s.H; ++h) {
+          const int64_t g = c / Cg;
+          const int64_t cl = c - g * Cg;  // channel index inside the weight's C/groups dimension
+          for (int64_t iw = 0; iw < s.W; ++iw) acc[iw] = 0;
           for (int64_t r = 0; r < s.R; ++r) {
             // Output row p with p·stride − pad + r·dil == h, if it exists.
             const int64_t th = h + s.pad_h - r * s.dil_h;
             if (th < 0 || th % s.stride_h != 0) continue;
             const int64_t p = th / s.stride_h;
             if (p >= s.P) continue;
-            for (int64_t t = 0; t < s.S; ++t) {
-              const int64_t tw = iw + s.pad_w - t * s.dil_w;
-              if (tw < 0 || tw % s.stride_w != 0) continue;
-              const int64_t q = tw / s.stride_w;
-              if (q >= s.Q) continue;
-              const T* dyp = dyn + p * s.y.h + q * s.y.w;
-              const T* wp = w + cl * s.w.c + r * s.w.h + t * s.w.w;
-              for (int64_t k = g * Kg; k < (g + 1) * Kg; ++k) {
-                acc += static_cast<Acc>(dyp[k * s.y.c]) * static_cast<Acc>(wp[k * s.w.n]);
+            for (int64_t k = g * Kg; k < (g + 1) * Kg; ++k) {
+              const T* dyr = dy + s.y.offset(n, k, p, 0);
+              const T* wr = w + k * s.w.n + cl * s.w.c + r * s.w.h;
+              for (int64_t t = 0; t < s.S; ++t) {
+                int64_t q_lo, q_hi;
+                out_range(t, s.stride_w, s.pad_w, s.dil_w, s.Q, s.W, &q_lo, &q_hi);
+                const Acc wv = static_cast<Acc>(wr[t * s.w.w]);
+                const int64_t off = t * s.dil_w - s.pad_w;
+                if (s.stride_w == 1 && s.y.w == 1) {  // unit-stride loop the compiler vectorises
+                  Acc* at = acc.data() + off + q_lo;
+                  const T* dq = dyr + q_lo;
+                  for (int64_t q = 0; q < q_hi - q_lo; ++q) at[q] += wv * static_cast<Acc>(dq[q]);
+                } else {
+                  for (int64_t q = q_lo; q < q_hi; ++q) {
+                    acc[q * s.stride_w + off] += wv * static_cast<Acc>(dyr[q * s.y.w]);
+                  }
+                }
               }
             }
           }
-          dxrow[iw * s.x.w] = static_cast<T>(acc);
+          T* dxrow = dx + s.x.offset(n, c, h, 0);
+          for (int64_t iw = 0; iw < s.W; ++iw) dxrow[iw * s.x.w] = static_cast<T>(acc[iw]);
         }
       }
     }
@@ -155,8 +183,25 @@ Status conv2d_direct_wgrad(const Conv2dShape& s, const T* dy, const T* x, T* dw)
             for (int64_t p = p_lo; p < p_hi; ++p) {
               const T* dyp = dyk + p * s.y.h;
               const T* xr = xc + s.in_h(p, r) * s.x.h;
-              for (int64_t q = q_lo; q < q_hi; ++q) {
-                acc += static_cast<Acc>(dyp[q * s.y.w]) * static_cast<Acc>(xr[s.in_w(q, t) * s.x.w]);
+              if (s.y.w == 1 && s.x.w == 1 && s.stride_w == 1) {
+                // Dense rows: kLanes independent partial sums (a fixed order, so still deterministic)
+                // let the compiler vectorise the dot product without reassociating a single sum.
+                const T* dq = dyp + q_lo;
+                const T* xq = xr + (q_lo + t * s.dil_w - s.pad_w);  // in bounds: q_lo is a valid position
+                const int64_t len = q_hi - q_lo;
+                Acc lane[kLanes] = {};
+                int64_t q = 0;
+                for (; q + kLanes <= len; q += kLanes) {
+                  for (int j = 0; j < kLanes; ++j) {
+                    lane[j] += static_cast<Acc>(dq[q + j]) * static_cast<Acc>(xq[q + j]);
+                  }
+                }
+                for (; q < len; ++q) acc += static_cast<Acc>(dq[q]) * static_cast<Acc>(xq[q]);
+                for (int j = 0; j < kLanes; ++j) acc += lane[j];
+              } else {
+                for (int64_t q = q_lo; q < q_hi; ++q) {
+                  acc += static_cast<Acc>(dyp[q * s.y.w]) * static_cast<Acc>(xr[s.in_w(q, t) * s.x.w]);
+                }
               }
             }
           }
