@@ -11,8 +11,7 @@
 //                        over n, p, q
 // Every output element is produced by exactly one thread in a fixed order, so results are
 // deterministic and independent of the thread count. Sums are accumulated in double: the extra
-// conversions are cheap next to the strided loads, and float results then match a float64 reference
-// to the last bit or so.
+// conversions are cheap next to the loads, and a float result is then the float64 sum rounded once.
 #include <cstddef>
 #include <cstdint>
 #include <vector>
