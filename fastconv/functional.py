@@ -91,6 +91,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         raise RuntimeError("fastconv.conv2d: non-positive groups is not supported")
     stride_ = _pair(stride, "stride", "conv2d")
     dilation_ = _pair(dilation, "dilation", "conv2d")
+    if min(stride_) <= 0:
+        raise RuntimeError(f"fastconv.conv2d: non-positive stride is not supported, got stride={stride_}")
+    if min(dilation_) <= 0:
+        raise RuntimeError(f"fastconv.conv2d: dilation should be greater than zero, got dilation={dilation_}")
     if isinstance(padding, str):
         if padding == "valid":
             pad = (0, 0)
@@ -101,6 +105,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
                                "['valid', 'same']")
     else:
         pad = _pair(padding, "padding", "conv2d")
+        if min(pad) < 0:
+            raise RuntimeError(f"fastconv.conv2d: negative padding is not supported, got padding={pad}")
     problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
     concrete = algorithms.resolve(algo, problem)
     y = ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, concrete)

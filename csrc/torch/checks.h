@@ -4,6 +4,7 @@
 // TORCH_CHECK_NOT_IMPLEMENTED -> NotImplementedError. Messages start with "fastconv.<op>".
 #pragma once
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -11,6 +12,11 @@
 #include "fastconv/status.h"
 
 namespace fastconv {
+
+// Our kernels sit below autograd (torch.library.register_autograd wraps them), so any ATen op a
+// binding calls on the way (mm_out, copy_, zero_) must not be recorded for autograd either.
+#define FASTCONV_BELOW_AUTOGRAD() at::AutoDispatchBelowADInplaceOrView fastconv_below_autograd_guard
+
 
 inline Strides4 strides4(const at::Tensor& t) {
   return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};

@@ -102,6 +102,7 @@ void fprop_im2col(const Conv2dShape& s, const at::Tensor& x, const at::Tensor& w
   const at::Tensor w3 = w.contiguous().view({s.groups, Kg, CRS});
   const T* xp = x.const_data_ptr<T>();
   at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+    FASTCONV_BELOW_AUTOGRAD();  // thread-local: worker threads need their own guard
     at::Tensor col = at::empty({CRS, PQ}, x.options().memory_format(at::MemoryFormat::Contiguous));
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t g = 0; g < s.groups; ++g) {
@@ -119,6 +120,7 @@ void dgrad_im2col(const Conv2dShape& s, const at::Tensor& dy, const at::Tensor& 
   const at::Tensor w3 = w.contiguous().view({s.groups, Kg, CRS});
   T* dxp = dx.mutable_data_ptr<T>();
   at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+    FASTCONV_BELOW_AUTOGRAD();  // thread-local: worker threads need their own guard
     at::Tensor col = at::empty({CRS, PQ}, dy.options().memory_format(at::MemoryFormat::Contiguous));
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t g = 0; g < s.groups; ++g) {
@@ -137,6 +139,7 @@ at::Tensor wgrad_im2col(const Conv2dShape& s, const at::Tensor& dy, const at::Te
   at::Tensor partial = at::zeros({chunks, s.groups, Kg, CRS}, x.options());
   const T* xp = x.const_data_ptr<T>();
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    FASTCONV_BELOW_AUTOGRAD();  // thread-local: worker threads need their own guard
     at::Tensor col = at::empty({CRS, PQ}, x.options().memory_format(at::MemoryFormat::Contiguous));
     for (int64_t ch = begin; ch < end; ++ch) {
       // Fixed chunk boundaries: the summation order does not depend on the thread count.
@@ -212,6 +215,7 @@ at::Tensor wgrad_gemm1x1(const Conv2dShape& s, const at::Tensor& dy, const at::T
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias_opt,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       c10::string_view algo_str) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d";
   const ConvAlgo algo = parse_algo(algo_str, op);
   check_4d(input, op, "input");
@@ -265,6 +269,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 at::Tensor conv2d_dgrad_cpu(const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             c10::string_view algo_str) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d_dgrad";
   const ConvAlgo algo = parse_algo(algo_str, op);
   check_4d(grad_output, op, "grad_output");
@@ -309,6 +314,7 @@ at::Tensor conv2d_dgrad_cpu(const at::Tensor& grad_output, const at::Tensor& wei
 at::Tensor conv2d_wgrad_cpu(const at::Tensor& grad_output, const at::Tensor& input, c10::SymIntArrayRef weight_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             c10::string_view algo_str) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d_wgrad";
   const ConvAlgo algo = parse_algo(algo_str, op);
   check_4d(grad_output, op, "grad_output");

@@ -99,6 +99,7 @@ at::Tensor empty_pool_output(const at::Tensor& x, int64_t P, int64_t Q, at::Scal
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef stride,
                                                   at::IntArrayRef pad, at::IntArrayRef dil, bool ceil_mode) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "max_pool2d";
   check_float_dtype(x, op);
   Pool2dShape s = pool_shape(x, k, stride, pad, dil, ceil_mode, op);
@@ -118,6 +119,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& x, at::IntAr
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& indices,
                                    at::IntArrayRef k, at::IntArrayRef stride, at::IntArrayRef pad,
                                    at::IntArrayRef dil, bool ceil_mode) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "max_pool2d_backward";
   check_float_dtype(x, op);
   check_cpu(dy, op, "grad_output");
@@ -156,6 +158,7 @@ int64_t divisor_magnitude(std::optional<int64_t> divisor_override, const char* o
 
 at::Tensor avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef stride, at::IntArrayRef pad,
                           bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "avg_pool2d";
   check_float_dtype(x, op);
   bool negate = false;
@@ -178,6 +181,7 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRe
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at::IntArrayRef k,
                                    at::IntArrayRef stride, at::IntArrayRef pad, bool ceil_mode,
                                    bool count_include_pad, std::optional<int64_t> divisor_override) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "avg_pool2d_backward";
   check_float_dtype(x, op);
   check_cpu(dy, op, "grad_output");
@@ -216,6 +220,7 @@ Pool2dShape adaptive_shape(const at::Tensor& x, int64_t P, int64_t Q, const char
 }
 
 at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef output_size) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "adaptive_avg_pool2d";
   check_float_dtype(x, op);
   check_pair(output_size, op, "output_size");
@@ -235,6 +240,7 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef output_s
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "adaptive_avg_pool2d_backward";
   check_float_dtype(x, op);
   check_cpu(dy, op, "grad_output");
@@ -293,6 +299,7 @@ const scalar_t* ptr_or_null(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
     bool relu) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "batch_norm_train";
   check_float_dtype(x, op);
   const at::Tensor x4 = as_bn4d(x, op, "input");
@@ -318,6 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(
 at::Tensor batch_norm_eval_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
                                const at::Tensor& running_var, double eps, bool relu) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "batch_norm_eval";
   check_float_dtype(x, op);
   const at::Tensor x4 = as_bn4d(x, op, "input");
@@ -342,6 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& output,
     const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd, bool train, bool relu,
     std::array<bool, 3> output_mask) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "batch_norm_backward";
   check_float_dtype(x, op);
   check_cpu(dy, op, "grad_output");
@@ -392,6 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
 void batch_norm_update_running_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var,
                                          const at::Tensor& save_mean, const at::Tensor& batch_var, int64_t count,
                                          double factor) {
+  FASTCONV_BELOW_AUTOGRAD();
   const char* op = "batch_norm_update_running_stats_";
   check_float_dtype(save_mean, op);
   for (const at::Tensor* t : {&running_mean, &running_var, &batch_var}) check_cpu(*t, op, "a running statistic");

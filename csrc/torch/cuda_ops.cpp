@@ -261,6 +261,7 @@ void check_grad_output_size(const at::Tensor& dy, const Conv2dShape& s, const ch
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                        c10::string_view algo) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d";
   check_4d(input, op, "input");
   check_4d(weight, op, "weight");
@@ -308,6 +309,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
 at::Tensor conv2d_dgrad_cuda(const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                              c10::string_view algo) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d_dgrad";
   check_4d(weight, op, "weight");
   check_same_cuda(op, {{"grad_output", &grad_output}, {"weight", &weight}});
@@ -343,6 +345,7 @@ at::Tensor conv2d_dgrad_cuda(const at::Tensor& grad_output, const at::Tensor& we
 at::Tensor conv2d_wgrad_cuda(const at::Tensor& grad_output, const at::Tensor& input, c10::SymIntArrayRef weight_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                              c10::string_view algo) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d_wgrad";
   check_4d(input, op, "input");
   check_same_cuda(op, {{"grad_output", &grad_output}, {"input", &input}});
@@ -441,6 +444,7 @@ void check_pool_grad(const at::Tensor& dy, const Pool2dShape& s, const char* op)
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size,
                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                    at::IntArrayRef dilation, bool ceil_mode) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "max_pool2d";
   check_pool_input(self, op);
   check_same_cuda(op, {{"input", &self}});
@@ -467,6 +471,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& self, at::I
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& self, const at::Tensor& indices,
                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation, bool ceil_mode) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "max_pool2d_backward";
   check_pool_input(self, op);
   check_same_cuda(op, {{"grad_output", &grad_output}, {"input", &self}, {"indices", &indices}});
@@ -504,6 +509,7 @@ int64_t divisor_or_zero(const std::optional<int64_t>& d, const char* op) {
 at::Tensor avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                            std::optional<int64_t> divisor_override) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "avg_pool2d";
   check_pool_input(self, op);
   check_same_cuda(op, {{"input", &self}});
@@ -532,6 +538,7 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size, 
 at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& self, at::IntArrayRef kernel_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
                                     bool count_include_pad, std::optional<int64_t> divisor_override) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "avg_pool2d_backward";
   check_pool_input(self, op);
   check_same_cuda(op, {{"grad_output", &grad_output}, {"input", &self}});
@@ -566,6 +573,7 @@ Pool2dShape adaptive_shape(const at::Tensor& x, int64_t P, int64_t Q) {
 }
 
 at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef output_size) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "adaptive_avg_pool2d";
   check_pool_input(self, op);
   check_same_cuda(op, {{"input", &self}});
@@ -593,6 +601,7 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef outp
 }
 
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& self) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "adaptive_avg_pool2d_backward";
   check_pool_input(self, op);
   check_4d(grad_output, op, "grad_output");
@@ -674,6 +683,7 @@ at::Tensor bn_unview(const at::Tensor& y4, const at::Tensor& x) { return x.dim()
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     double eps, bool relu) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "batch_norm_train";
   check_same_cuda(op, {{"input", &input}, {"weight", opt_ptr(weight)}, {"bias", opt_ptr(bias)}});
   check_dtype(input, op, "batch_norm_train_fwd", true);
@@ -719,6 +729,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda
 at::Tensor batch_norm_eval_cuda(const at::Tensor& input, const std::optional<at::Tensor>& weight,
                                 const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
                                 const at::Tensor& running_var, double eps, bool relu) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "batch_norm_eval";
   check_same_cuda(op, {{"input", &input},
                        {"weight", opt_ptr(weight)},
@@ -760,6 +771,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& output,
     const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd, bool train, bool relu,
     std::array<bool, 3> output_mask) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "batch_norm_backward";
   check_same_cuda(op, {{"grad_output", &grad_output},
                        {"input", &input},
@@ -831,6 +843,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
 void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running_var,
                                           const at::Tensor& save_mean, const at::Tensor& batch_var, int64_t count,
                                           double factor) {
+  FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "batch_norm_update_running_stats_";
   check_same_cuda(op, {{"running_mean", &running_mean},
                        {"running_var", &running_var},
