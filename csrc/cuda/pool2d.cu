@@ -458,7 +458,7 @@ bool geom_ok(const Pool2dShape& s, bool adaptive) {
   if (s.C * s.H * s.W > kFit || s.C * s.P * s.Q > kFit) return false;
   if (adaptive) return (s.H + 1) * (s.P + 1) <= kFit && (s.W + 1) * (s.Q + 1) <= kFit;
   if (s.kh <= 0 || s.kw <= 0 || s.stride_h <= 0 || s.stride_w <= 0 || s.dil_h <= 0 || s.dil_w <= 0 ||
-      s.pad_h < 0 || s.pad_w < 0)
+      s.pad_h < 0 || s.pad_w < 0 || s.kh > kFit || s.kw > kFit || s.kh * s.kw > kFit)
     return false;
   const int64_t reach_h = (s.P + 1) * s.stride_h + (s.kh + 1) * s.dil_h + s.H + 2 * s.pad_h;
   const int64_t reach_w = (s.Q + 1) * s.stride_w + (s.kw + 1) * s.dil_w + s.W + 2 * s.pad_w;

@@ -506,7 +506,9 @@ static bool bn_suite() {
     ok &= test_bn<T>(2, 3, 7, 9, nhwc, false, 0.0, true);
     ok &= test_bn<T>(3, 16, 5, 5, nhwc, true, 0.0, true);
     ok &= test_bn<T>(4, 24, 1, 1, nhwc, false, 0.0, false);
-    ok &= test_bn<T>(8, 40, 33, 31, nhwc, false, 0.0, true);  // several splits per channel
+    ok &= test_bn<T>(8, 40, 33, 31, nhwc, false, 0.0, true);  // NHWC: several splits per channel
+    ok &= test_bn<T>(8, 2, 63, 65, nhwc, true, 0.0, true);    // NCHW: splits, H·W not a multiple of V
+    ok &= test_bn<T>(4, 3, 64, 64, nhwc, false, 0.0, true);   // NCHW: splits, V-wide chunks
   }
   return ok;
 }
