@@ -56,6 +56,9 @@ def _samples():
 SAMPLES = list(_samples())
 
 
-@pytest.mark.parametrize("op,args", SAMPLES, ids=[f"{op._qualified_op_name.split('::')[-1]}-{i}" for i, (op, _) in enumerate(SAMPLES)])
+IDS = [f"{op._qualified_op_name.split('::')[-1]}-{i}" for i, (op, _) in enumerate(SAMPLES)]
+
+
+@pytest.mark.parametrize("op,args", SAMPLES, ids=IDS)
 def test_opcheck(op, args):
     torch.library.opcheck(op, args)
