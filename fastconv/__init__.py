@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastconv import _ext  # noqa: F401  (loads fastconv._C: registers torch.ops.fastconv.*)
 from fastconv import _meta  # noqa: F401  (fake kernels)
 from fastconv import autograd as _autograd  # noqa: F401
+from fastconv import _autocast  # noqa: F401  (autocast rules)
 from fastconv import functional
 from fastconv.algorithms import available_algorithms
 from fastconv.convert import convert, revert

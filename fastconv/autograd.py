@@ -156,7 +156,7 @@ def _bn_train_setup(ctx, inputs, output):
     y, mean, invstd, var = output
     ctx.mark_non_differentiable(mean, invstd, var)
     ctx.save_for_backward(x, y if relu else None, w, mean, invstd)
-    ctx.relu = relu
+    ctx.relu, ctx.eps = relu, eps
 
 
 def _bn_train_backward(ctx, gy, _gm, _gi, _gv):
@@ -168,7 +168,7 @@ def _bn_eval_setup(ctx, inputs, output):
     x, w, b, running_mean, running_var, eps, relu = inputs
     invstd = torch.rsqrt(running_var.detach() + eps)
     ctx.save_for_backward(x, output if relu else None, w, running_mean, invstd)
-    ctx.relu = relu
+    ctx.relu, ctx.eps = relu, eps
 
 
 def _bn_eval_backward(ctx, gy):
@@ -180,10 +180,38 @@ def _bn_backward(ctx, gy, x, y, w, mean, invstd, train):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     if not (need_x or need_w or need_b):
         return None, None, None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gy, x, w)):
+        # create_graph=True (gradient penalties, gradgradcheck): the kernel is not differentiable,
+        # so the same gradients are computed with differentiable torch ops instead.
+        gx, gw, gb = _bn_backward_composite(gy, x, y, w, mean, invstd, train, ctx.relu, ctx.eps)
+        return (gx if need_x else None, gw if need_w and w is not None else None, gb if need_b else None)
     mask = [bool(need_x), bool(need_w and w is not None), bool(need_b)]
     # dbias needs no weight; when weight is None the op treats it as ones.
     gx, gw, gb = ops.batch_norm_backward(gy, x, y, w, mean, invstd, train, ctx.relu, mask)
     return (gx if need_x else None, gw if mask[1] else None, gb if need_b else None)
+
+
+def _bn_backward_composite(gy, x, y, w, mean, invstd, train, relu, eps):
+    # x is [N, C, H, W]. In training the statistics are recomputed from x so that their dependence
+    # on x is differentiated too; in evaluation they are constants (the running statistics).
+    dims, shape = (0, 2, 3), (1, -1, 1, 1)
+    if relu:
+        gy = torch.where(y > 0, gy, torch.zeros_like(gy))
+    if train:
+        mean = x.mean(dims, keepdim=True)
+        invstd = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+    else:
+        mean, invstd = mean.reshape(shape), invstd.reshape(shape)
+    xhat = (x - mean) * invstd
+    gb = gy.sum(dims)
+    gw = (gy * xhat).sum(dims)
+    scale = invstd if w is None else w.reshape(shape) * invstd
+    if train:
+        m = x.numel() // x.shape[1]
+        gx = scale * (gy - gb.reshape(shape) / m - xhat * gw.reshape(shape) / m)
+    else:
+        gx = scale * gy
+    return gx.to(x.dtype), gw, gb
 
 
 def register_all() -> None:

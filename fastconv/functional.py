@@ -14,13 +14,15 @@ channels_last memory format; outputs follow torch's memory-format rules. Everyth
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from fastconv import algorithms
+from fastconv import _autocast, algorithms
 from fastconv import autograd as _autograd  # noqa: F401  (registers the backward formulas)
 
 ops = torch.ops.fastconv
@@ -78,6 +80,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     -> Tensor[N, K, P, Q]. `algo` picks the kernel ("auto", "direct", "im2col", "gemm1x1", ...; see
     fastconv.available_algorithms(device)).
     """
+    if has_torch_function_variadic(input, weight, bias):  # torch.fx proxies, tensor subclasses
+        return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
+                                     groups, algo=algo)
     x, batched = _batched(input, "conv2d")
     _check_tensor(weight, "weight", "conv2d")
     if bias is not None:
@@ -108,6 +113,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         if min(pad) < 0:
             raise RuntimeError(f"fastconv.conv2d: negative padding is not supported, got padding={pad}")
     problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
+    dtype = _autocast.op_dtype(x)
+    if dtype != problem.dtype:  # under autocast the op computes in another dtype than x's
+        problem = dataclasses.replace(problem, dtype=dtype)
     concrete = algorithms.resolve(algo, problem)
     y = ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, concrete)
     return y if batched else y.squeeze(0)
@@ -123,6 +131,9 @@ def max_pool2d(input: Tensor, kernel_size: IntOr2, stride: Optional[IntOr2] = No
                dilation: IntOr2 = 1, ceil_mode: bool = False, return_indices: bool = False):
     """2-D max pooling, as torch.nn.functional.max_pool2d: Tensor[N, C, H, W] -> Tensor[N, C, P, Q]
     (and int64 indices h·W + w of each maximum when return_indices)."""
+    if has_torch_function_variadic(input):
+        return handle_torch_function(max_pool2d, (input,), input, kernel_size, stride, padding, dilation,
+                                     ceil_mode, return_indices)
     x, batched = _batched(input, "max_pool2d")
     k = _pair(kernel_size, "kernel_size", "max_pool2d")
     s = _pool_stride(stride, k, "max_pool2d")
@@ -136,6 +147,9 @@ def max_pool2d(input: Tensor, kernel_size: IntOr2, stride: Optional[IntOr2] = No
 def avg_pool2d(input: Tensor, kernel_size: IntOr2, stride: Optional[IntOr2] = None, padding: IntOr2 = 0,
                ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Tensor:
     """2-D average pooling, as torch.nn.functional.avg_pool2d: Tensor[N, C, H, W] -> Tensor[N, C, P, Q]."""
+    if has_torch_function_variadic(input):
+        return handle_torch_function(avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode,
+                                     count_include_pad, divisor_override)
     x, batched = _batched(input, "avg_pool2d")
     k = _pair(kernel_size, "kernel_size", "avg_pool2d")
     s = _pool_stride(stride, k, "avg_pool2d")
@@ -149,6 +163,8 @@ def avg_pool2d(input: Tensor, kernel_size: IntOr2, stride: Optional[IntOr2] = No
 def adaptive_avg_pool2d(input: Tensor, output_size: Union[int, None, Sequence[Optional[int]]]) -> Tensor:
     """Adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d: Tensor[N, C, H, W] ->
     Tensor[N, C, *output_size]; a None entry keeps that input size."""
+    if has_torch_function_variadic(input):
+        return handle_torch_function(adaptive_avg_pool2d, (input,), input, output_size)
     x, batched = _batched(input, "adaptive_avg_pool2d")
     if output_size is None or isinstance(output_size, int):
         output_size = (output_size, output_size)
@@ -204,6 +220,9 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
                momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Batch normalisation, as torch.nn.functional.batch_norm: Tensor[N, C, *] -> Tensor[N, C, *].
     In training the batch statistics normalise and the running ones (if given) are updated in place."""
+    args = (input, running_mean, running_var, weight, bias)
+    if has_torch_function_variadic(*args):
+        return handle_torch_function(batch_norm, args, *args, training, momentum, eps)
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, False, "batch_norm")
 
 
@@ -211,6 +230,9 @@ def batch_norm_relu(input: Tensor, running_mean: Optional[Tensor], running_var: 
                     weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                     momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """relu(batch_norm(...)) in one kernel (forward and backward)."""
+    args = (input, running_mean, running_var, weight, bias)
+    if has_torch_function_variadic(*args):
+        return handle_torch_function(batch_norm_relu, args, *args, training, momentum, eps)
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, True,
                        "batch_norm_relu")
 

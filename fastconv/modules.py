@@ -3,10 +3,19 @@ state_dict keys and repr) whose forward runs fastconv's kernels."""
 
 from __future__ import annotations
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastconv import functional as FF
+
+
+def _fx_leaf(module: nn.Module, input: torch.fx.Proxy) -> torch.fx.Proxy:
+    # torch.fx.symbolic_trace keeps torch.nn's own layers as call_module leaves (so train()/eval()
+    # still switch a traced BatchNorm); fastconv's layers live outside torch.nn, so they record
+    # themselves the same way instead of being traced through.
+    tracer = input.tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (input,), {})
 
 
 class Conv2d(nn.Conv2d):
@@ -16,6 +25,11 @@ class Conv2d(nn.Conv2d):
     def __init__(self, *args, algo: str = "auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.algo = algo
+
+    def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, input)
+        return self._conv_forward(input, self.weight, self.bias)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias) -> Tensor:
         if self.padding_mode != "zeros":
@@ -33,6 +47,8 @@ class MaxPool2d(nn.MaxPool2d):
     """torch.nn.MaxPool2d with fastconv kernels."""
 
     def forward(self, input: Tensor):
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, input)
         return FF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                              ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
@@ -41,6 +57,8 @@ class AvgPool2d(nn.AvgPool2d):
     """torch.nn.AvgPool2d with fastconv kernels."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, input)
         return FF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                              self.count_include_pad, self.divisor_override)
 
@@ -49,11 +67,15 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
     """torch.nn.AdaptiveAvgPool2d with fastconv kernels."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, input)
         return FF.adaptive_avg_pool2d(input, self.output_size)
 
 
 def _batch_norm_forward(self: nn.modules.batchnorm._BatchNorm, input: Tensor, relu: bool) -> Tensor:
     # torch.nn.modules.batchnorm._BatchNorm.forward, with fastconv's batch_norm underneath.
+    if isinstance(input, torch.fx.Proxy):
+        return _fx_leaf(self, input)
     self._check_input_dim(input)
     if self.momentum is None:
         exponential_average_factor = 0.0

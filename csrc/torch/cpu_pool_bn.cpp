@@ -399,9 +399,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
 }
 
 void batch_norm_update_running_stats_cpu(const at::Tensor& running_mean, const at::Tensor& running_var,
-                                         const at::Tensor& save_mean, const at::Tensor& batch_var, int64_t count,
+                                         const at::Tensor& save_mean, const at::Tensor& batch_var, c10::SymInt count_sym,
                                          double factor) {
   FASTCONV_BELOW_AUTOGRAD();
+  const int64_t count = count_sym.expect_int();  // SymInt in the schema so tracing keeps N symbolic
   const char* op = "batch_norm_update_running_stats_";
   check_float_dtype(save_mean, op);
   for (const at::Tensor* t : {&running_mean, &running_var, &batch_var}) check_cpu(*t, op, "a running statistic");

@@ -841,9 +841,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
 }
 
 void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const at::Tensor& running_var,
-                                          const at::Tensor& save_mean, const at::Tensor& batch_var, int64_t count,
+                                          const at::Tensor& save_mean, const at::Tensor& batch_var, c10::SymInt count_sym,
                                           double factor) {
   FASTCONV_BELOW_AUTOGRAD();
+  const int64_t count = count_sym.expect_int();  // SymInt in the schema so tracing keeps N symbolic
   constexpr const char* op = "batch_norm_update_running_stats_";
   check_same_cuda(op, {{"running_mean", &running_mean},
                        {"running_var", &running_var},

@@ -69,7 +69,7 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? output, Tensor? weight, "
         "Tensor mean, Tensor invstd, bool train, bool relu, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("batch_norm_update_running_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, "
-        "Tensor save_mean, Tensor batch_var, int count, float factor) -> ()");
+        "Tensor save_mean, Tensor batch_var, SymInt count, float factor) -> ()");
 }
 
 // fastconv._C is imported for its side effect (the registrations above); it also answers two
