@@ -55,18 +55,26 @@ def stats_from_samples(samples: List[float], inner: int, timer: str) -> Stats:
                  rounds=len(samples), inner=inner, timer=timer)
 
 
-def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 2, rounds: int = 10,
-            min_round_s: float = 2e-3, max_inner: int = 1000, max_total_s: float = 5.0) -> Stats:
-    """Times `fn()` on `device`: `warmup` untimed calls, then up to `rounds` timed rounds (fewer when
-    `max_total_s` would be exceeded, never fewer than 3)."""
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+def calibrate(fn: Callable[[], object], device: torch.device, warmup: int = 2, min_round_s: float = 2e-3,
+              max_inner: int = 1000) -> tuple:
+    """Runs `warmup` untimed calls; returns (launches per round so that a round lasts >= min_round_s,
+    seconds per call seen during warm-up)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for _ in range(max(1, warmup)):
         fn()
     sync()
     once = max((time.perf_counter() - t0) / max(1, warmup), 1e-9)
-    inner = int(min(max_inner, max(1, round(min_round_s / once))))
+    return int(min(max_inner, max(1, round(min_round_s / once)))), once
+
+
+def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 2, rounds: int = 10,
+            min_round_s: float = 2e-3, max_inner: int = 1000, max_total_s: float = 5.0) -> Stats:
+    """Times `fn()` on `device`: `warmup` untimed calls, then up to `rounds` timed rounds (fewer when
+    `max_total_s` would be exceeded, never fewer than 3)."""
+    cuda = device.type == "cuda"
+    inner, once = calibrate(fn, device, warmup, min_round_s, max_inner)
     rounds = int(max(3, min(rounds, max_total_s / (once * inner))))
     samples: List[float] = []
     if cuda:
