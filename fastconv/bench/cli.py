@@ -175,6 +175,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             recs = (runner.run_layers if s.mode == "layers" else runner.run_models)(s, progress=not args.no_progress)
         except runner.BenchError as e:
             return _fail("bench", str(e))
+        if roofs["source"].startswith("measured"):
+            # Measured again after the run, keeping the better of the two: a ceiling, not a sample.
+            again = envmod.roofs(s.device, env, cases.DTYPES[s.dtype])
+            for k in ("peak_tflops", "peak_gbps"):
+                roofs[k] = max(roofs[k], again[k])
+            roofs["source"] += " (best of before and after the run)"
         run = {"schema": results.SCHEMA, "env": env, "roofs": roofs, "settings": s.as_dict(),
                "elapsed_s": time.perf_counter() - t0, "records": recs}
         table = report.text_table(report.COLUMNS, report.layer_rows(run)) if s.mode == "layers" else \
