@@ -178,11 +178,11 @@ class GoogLeNet(nn.Module):
 @register_model
 def googlenet(**kwargs) -> GoogLeNet:
     """GoogLeNet / Inception-v1 (Szegedy et al. 2014, table 1). Input 224x224.
-    Parameters (without / with the two aux heads, aux_logits=True):
+    Number of parameters (without / with the two aux heads, aux_logits=True):
       default (BatchNorm, published 5x5 branches)    7,005,832 / 13,385,816
       batch_norm=False (the 2014 original)          6,998,552 / 13,378,280
       torchvision_compat=True (3x3 "5x5" branches)  6,624,904 / 13,004,888 (torchvision's counts)
-    Multiply-adds at 224x224 (main path): 1.583 G (5x5 branches; table 1 sums to about 1.5 G, its conv1
+    Number of multiply-adds at 224x224 (main path): 1.583 G (5x5 branches; table 1 sums to about 1.5 G, its conv1
     row counting 34M where 7x7x3x64 at 112x112 is 118M), 1.498 G with torchvision_compat=True.
     kwargs: num_classes, aux_logits, transform_input, batch_norm, torchvision_compat, dropout,
     dropout_aux, init_weights."""
