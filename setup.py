@@ -56,7 +56,7 @@ def _extensions():
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         sources += sorted(glob.glob("csrc/torch/cuda_*.cpp") + glob.glob("csrc/cuda/*.cu"))
         define_macros += [("FASTCONV_WITH_CUDA", None), ("FASTCONV_CUDA_ARCHS", f'"{archs}"')]
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr",
                 "-Xptxas=--warn-on-spills"]
         _log(f"building CPU + CUDA kernels for archs {archs}: {why}")
         ext = CUDAExtension("fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,

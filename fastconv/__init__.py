@@ -15,12 +15,13 @@ from fastconv import _autocast  # noqa: F401  (autocast rules)
 from fastconv import functional
 from fastconv.algorithms import available_algorithms
 from fastconv.convert import convert, revert
+from fastconv.fuse import fuse_for_inference
 from fastconv.info import build_info
 from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormReLU2d, Conv2d, MaxPool2d
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional", "available_algorithms", "convert", "revert", "build_info",
+    "functional", "available_algorithms", "convert", "revert", "fuse_for_inference", "build_info",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNormReLU2d",
 ]

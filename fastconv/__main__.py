@@ -1,4 +1,5 @@
-"""python -m fastconv {info, demo}: build facts and a one-layer parity check against torch."""
+"""python -m fastconv {info, demo, bench, report}: build facts, a one-layer parity check against torch,
+benchmarks against torch and their reports."""
 
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo = sub.add_parser("demo", help="one-layer parity check (fastconv vs torch)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.set_defaults(fn=_cmd_demo)
+    from fastconv.bench.cli import add_parsers
+
+    add_parsers(sub)
     args = parser.parse_args(argv)
     return args.fn(args)
 
