@@ -5,12 +5,16 @@ Most tests use the aot_eager backend: it runs Dynamo, the fake kernels and AOTAu
 functionalised forward+backward trace (where breaks, shape/stride errors and specialisation show
 up) without Inductor's slow C++ code generation; the Inductor tests are kept few."""
 
+import copy
+
 import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 
+import fastconv
 import fastconv.functional as FF
+import fastconv.models as M
 from integ_models import pair
 
 
@@ -111,13 +115,30 @@ def test_functional_ops_fullgraph_channels_last_and_unbatched():
             assert a.stride() == c.stride()
 
 
-def test_inductor_eval_channels_last():
-    ref, ours = pair("resnet_like")
-    ref.eval(), ours.eval()
+def test_inductor_eval_resnet18_channels_last():
+    ours = M.resnet18(num_classes=10).eval()
+    ref = fastconv.revert(ours)  # torch.nn layers, the same parameters (a deep copy)
     compiled = torch.compile(ours, fullgraph=True)
-    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         _close(compiled(x), ref(x))
+
+
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("googlenet", marks=pytest.mark.slow)])
+def test_fullgraph_train_model_zoo(name):
+    kwargs = dict(dropout=0.0) if name == "googlenet" else {}
+    ours = M.get_model(name, num_classes=10, **kwargs)
+    # The reference is the same model run eagerly: what is under test is compilation (fastconv vs
+    # torch.nn is the small models' job; a 1x1-spatial BN over a few images amplifies rounding).
+    ref = copy.deepcopy(ours)
+    cnt = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(ours, fullgraph=True, backend=cnt)
+    batches = [torch.randn(n, 3, 32, 32) for n in (3, 4)]
+    for x in batches:
+        torch._dynamo.mark_dynamic(x, 0)
+    for a, b in zip(_train_steps(ours, compiled, batches), _train_steps(ref, ref, batches)):
+        _close(a, b, 1e-5)
+    assert cnt.frame_count == 1
 
 
 @pytest.mark.slow

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-FAST = dict(fast_mode=True)  # random-projection checks: exact enough, far fewer op calls
-
 import fastconv.functional as FF
 from integ_models import pair
+
+FAST = dict(fast_mode=True)  # random-projection checks: exact enough, far fewer op calls
 
 ops = torch.ops.fastconv
 
