@@ -2,6 +2,7 @@
 
     import fastconv
     y = fastconv.functional.conv2d(x, w, b, stride=1, padding=1, algo="auto")
+    y = fastconv.fused.conv2d_bias_act(x, w, scale, bias, residual, padding=1, relu=True)
     layer = fastconv.Conv2d(64, 128, 3, padding=1)        # drop-in torch.nn.Conv2d
     model = fastconv.convert(torchvision_model)          # swap every supported layer
 """
@@ -12,6 +13,7 @@ from fastconv import _ext  # noqa: F401  (loads fastconv._C: registers torch.ops
 from fastconv import _meta  # noqa: F401  (fake kernels)
 from fastconv import autograd as _autograd  # noqa: F401
 from fastconv import functional
+from fastconv import fused
 from fastconv.algorithms import available_algorithms
 from fastconv.convert import convert, revert
 from fastconv.fuse import fuse_for_inference
@@ -21,6 +23,6 @@ from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNor
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional", "available_algorithms", "convert", "revert", "fuse_for_inference", "build_info",
+    "functional", "fused", "available_algorithms", "convert", "revert", "fuse_for_inference", "build_info",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNormReLU2d",
 ]
