@@ -4,6 +4,9 @@
     y = fastconv.functional.conv2d(x, w, b, stride=1, padding=1, algo="auto")
     layer = fastconv.Conv2d(64, 128, 3, padding=1)        # drop-in torch.nn.Conv2d
     model = fastconv.convert(torchvision_model)          # swap every supported layer
+    fastconv.explain(layer, (8, 64, 56, 56))             # which algorithm "auto" runs, and why
+    fastconv.backends.autotune = True                    # time the candidates per shape (cached on disk)
+    fastconv.autotune(model, example_input); fastconv.plans.save("plans.json")
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 from fastconv import _ext  # noqa: F401  (loads fastconv._C: registers torch.ops.fastconv.*)
 from fastconv import _meta  # noqa: F401  (fake kernels)
 from fastconv import autograd as _autograd  # noqa: F401
-from fastconv import functional
+from fastconv import backends, functional, plans
 from fastconv.algorithms import available_algorithms
+from fastconv.autotune import autotune
 from fastconv.convert import convert, revert
+from fastconv.explain import explain
 from fastconv.info import build_info
 from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormReLU2d, Conv2d, MaxPool2d
 
@@ -21,5 +26,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional", "available_algorithms", "convert", "revert", "build_info",
+    "explain", "autotune", "plans", "backends",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNormReLU2d",
 ]
