@@ -171,10 +171,7 @@ def can_implement(algo: str, problem: ConvProblem) -> bool:
 
 
 def _elem_bytes(dtype: torch.dtype) -> int:
-    try:
-        return torch.empty((), dtype=dtype).element_size()
-    except (RuntimeError, TypeError):
-        return 4
+    return int(getattr(dtype, "itemsize", 4))
 
 
 def _no_workspace(p: ConvProblem) -> int:
@@ -263,6 +260,10 @@ def unregister_algorithm(device_type: str, name: str) -> None:
     """Removes an algorithm added with register_algorithm (no error if absent)."""
     _RULES.get(device_type, {}).pop(name, None)
     _TRAITS.get(device_type, {}).pop(name, None)
+    if device_type not in ("cpu", "cuda"):
+        for table in (_RULES, _TRAITS):
+            if not table.get(device_type, True):
+                del table[device_type]
 
 
 def workspace_bytes(algo: str, problem: ConvProblem) -> int:

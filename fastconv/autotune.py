@@ -244,16 +244,17 @@ def _select(problem: ConvProblem, input: Optional[torch.Tensor], weight: Optiona
                 return Choice(algo, "heuristic", "no deterministic algorithm (warn_only)", "", None, eligible)
         algorithms._nothing_eligible(problem, eligible)
 
-    autotune_on = backends.autotune if tune is None else tune
-    if torch.compiler.is_compiling() or not isinstance(problem.N, int):
-        # Tracing: no file I/O, no timing; a plan only if the batch size is concrete.
-        device = plans.device_name(problem)
-        key = plans.problem_key(problem) if isinstance(problem.N, int) else None
-        plan = plans.table().get(device, key) if key is not None else None
-        if plan is not None and plan.algo in ok:
-            return Choice(plan.algo, "plan", f"{plan.source} plan", device, key, eligible, plan)
+    if torch.compiler.is_compiling():
+        # torch.compile traces this code: only the heuristic, whose decisions become guards. Plans
+        # are not consulted (their keys need concrete sizes; a symbolic size cannot be told apart).
         algo, rule = algorithms.heuristic_choice(problem, eligible)
-        return Choice(algo, "heuristic", rule, device, key, eligible, None, tracing_reason(problem))
+        return Choice(algo, "heuristic", rule, "", None, eligible, None, "torch.compile is tracing")
+
+    autotune_on = backends.autotune if tune is None else tune
+    if not isinstance(problem.N, int):
+        algo, rule = algorithms.heuristic_choice(problem, eligible)
+        return Choice(algo, "heuristic", rule, plans.device_name(problem), None, eligible, None,
+                      "the batch size is symbolic")
 
     device = plans.device_name(problem)
     key = plans.problem_key(problem)

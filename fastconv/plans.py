@@ -84,8 +84,7 @@ def problem_key(p: ConvProblem, direction: str = "fprop") -> str:
             f"dil{p.dilation[0]}x{p.dilation[1]} g{p.groups} {direction}")
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_model() -> str:
+def _read_cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -96,6 +95,10 @@ def _cpu_model() -> str:
     import platform
 
     return platform.processor() or platform.machine() or "unknown"
+
+
+# Read once at import: a constant of the machine (and torch.compile cannot trace file reads).
+_CPU_MODEL = _read_cpu_model()
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,7 +116,7 @@ def device_name(p: ConvProblem) -> str:
         index = p.device_index if p.device_index is not None else torch.cuda.current_device()
         return _cuda_name(index)
     if p.device_type == "cpu":
-        return f"cpu {_cpu_model()} {torch.get_num_threads()} threads"
+        return f"cpu {_CPU_MODEL} {torch.get_num_threads()} threads"
     return p.device_type
 
 

@@ -5,6 +5,7 @@ mid-network 3x3, in NCHW and NHWC. Median of --reps runs after one warm-up, per 
     python benchmarks/results/cpu-heuristics-2026-11-23/measure.py --threads 1 2 --json results.json > output.txt
 """
 
+# ruff: noqa: B023  (each timing lambda is called immediately, inside its own loop iteration)
 from __future__ import annotations
 
 import argparse
@@ -65,7 +66,8 @@ def run(threads: int, reps: int, layout: str):
         dy = torch.randn_like(y)
         prob = ConvProblem.from_tensors(x, wt, (st, st), (pad, pad), (1, 1), g)
         row = {"shape": name, "N": n, "C": c, "H": h, "W": w, "K": k, "R": r, "S": s, "stride": st,
-               "padding": pad, "groups": g, "layout": layout, "macs_per_image": prob.macs_per_image, "threads": threads, "ms": {}}
+               "padding": pad, "groups": g, "layout": layout, "macs_per_image": prob.macs_per_image,
+               "threads": threads, "ms": {}}
         a = [st, st]
         p = [pad, pad]
         row["ms"]["torch"] = {
