@@ -63,7 +63,7 @@ class Explanation:
             note = c.reason or c.rejected or ""
             mark = "->" if c.name == self.choice else "  "
             lines.append(f"{mark}{c.name:<14}{'yes' if c.eligible else 'no':<10}{'yes' if c.deterministic else 'no':<9}"
-                         f"{ws:>12}{t:>12}  {note}")
+                         f"{ws:>12}{t:>12}  {note}".rstrip())
         lines.append(f"  choice: {self.choice} ({self.source}: {self.reason})")
         if self.tuning:
             lines.append(f"  not tuned: {self.tuning}")
