@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from fastconv import _ext
+from fastconv import _ext, backends
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,10 @@ _TRAITS: Dict[str, Dict[str, AlgoTraits]] = {
 }
 
 
+# Bumped by every registry change, so memoised "auto" decisions are not reused across one.
+_generation = 0
+
+
 def traits(algo: str, device_type: str) -> AlgoTraits:
     """The traits of `algo` on `device_type` (the defaults for an algorithm registered without any)."""
     return _TRAITS.get(device_type, {}).get(algo, AlgoTraits())
@@ -252,12 +256,16 @@ def register_algorithm(device_type: str, name: str, rule: Rule, *, deterministic
     explain() and the autotuner see them."""
     if not isinstance(name, str) or not name or name == "auto":
         raise ValueError(f"fastconv.algorithms.register_algorithm: invalid algorithm name {name!r}")
+    global _generation
     _RULES.setdefault(device_type, {})[name] = rule
     _TRAITS.setdefault(device_type, {})[name] = AlgoTraits(deterministic, workspace_bytes or _no_workspace, run)
+    _generation += 1
 
 
 def unregister_algorithm(device_type: str, name: str) -> None:
     """Removes an algorithm added with register_algorithm (no error if absent)."""
+    global _generation
+    _generation += 1
     _RULES.get(device_type, {}).pop(name, None)
     _TRAITS.get(device_type, {}).pop(name, None)
     if device_type not in ("cpu", "cuda"):
@@ -286,8 +294,6 @@ def eligibility(algo: str, problem: ConvProblem) -> Optional[str]:
     why = why_not(algo, problem)
     if why is not None:
         return why
-    from fastconv import backends
-
     limit = backends.workspace_limit_mb << 20
     ws = workspace_bytes(algo, problem)
     if ws > limit:
@@ -463,8 +469,3 @@ def resolve(algo: str, problem: ConvProblem, input: Optional[torch.Tensor] = Non
     check_deterministic(algo, problem)
     return algo
 
-
-def _describe(p: ConvProblem) -> Dict[str, Any]:
-    return {"N": p.N, "C": p.C, "H": p.H, "W": p.W, "K": p.K, "R": p.R, "S": p.S, "stride": p.stride,
-            "padding": p.padding, "dilation": p.dilation, "groups": p.groups,
-            "dtype": str(p.dtype).replace("torch.", ""), "layout": p.layout, "device": p.device_type}

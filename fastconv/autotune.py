@@ -224,10 +224,33 @@ def select(problem: ConvProblem, input: Optional[torch.Tensor] = None, weight: O
            bias: Optional[torch.Tensor] = None, *, tune: Optional[bool] = None) -> Choice:
     """Chooses the algorithm for algo="auto" (see the module docstring). `tune` overrides
     fastconv.backends.autotune for this call."""
-    choice = _select(problem, input, weight, bias, tune)
+    memo_key = _memo_key(problem) if tune is None else None
+    table = plans.table()
+    choice = table.memo.get(memo_key) if memo_key is not None else None
+    if choice is None:
+        choice = _select(problem, input, weight, bias, tune)
+        # Reusable until the plan table, the registry or a setting changes: plan hits, and the
+        # heuristic when tuning is off (not when tuning was merely skipped, e.g. while tracing).
+        if memo_key is not None and (choice.source == "plan" or choice.tuning == _AUTOTUNE_OFF):
+            if len(table.memo) > 4096:
+                table.memo.clear()
+            table.memo[memo_key] = choice
     if _recorders and choice.key is not None:
         _recorders[-1][f"{choice.device} | {choice.key}"] = choice.algo
     return choice
+
+
+_AUTOTUNE_OFF = "autotuning is off (fastconv.backends.autotune / FASTCONV_AUTOTUNE=1)"
+
+
+def _memo_key(problem: ConvProblem) -> Optional[Tuple[Any, ...]]:
+    """Everything a decision depends on besides the plan table, or None when it must not be memoised."""
+    if torch.compiler.is_compiling() or not isinstance(problem.N, int):
+        return None
+    return (problem, backends.autotune, backends.cache, backends.cache_dir, backends.workspace_limit_mb,
+            torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            algorithms._generation, torch.get_num_threads(),
+            torch.cuda.current_device() if problem.device_type == "cuda" and problem.device_index is None else None)
 
 
 def _select(problem: ConvProblem, input: Optional[torch.Tensor], weight: Optional[torch.Tensor],
@@ -272,7 +295,7 @@ def _select(problem: ConvProblem, input: Optional[torch.Tensor], weight: Optiona
 
     skipped: Optional[str]
     if not autotune_on:
-        skipped = "autotuning is off (fastconv.backends.autotune / FASTCONV_AUTOTUNE=1)"
+        skipped = _AUTOTUNE_OFF
     elif input is None or weight is None:
         skipped = "no tensors to time on"
     else:

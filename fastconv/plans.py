@@ -149,15 +149,19 @@ class PlanCache:
     def __init__(self) -> None:
         self._plans: Dict[Tuple[str, str], Plan] = {}
         self._files_read: Dict[str, bool] = {}
+        # Decisions already made (by fastconv.autotune.select), valid until the table changes.
+        self.memo: Dict[Any, Any] = {}
 
     def get(self, device: str, key: str) -> Optional[Plan]:
         return self._plans.get((device, key))
 
     def put(self, device: str, key: str, plan: Plan) -> None:
         self._plans[(device, key)] = plan
+        self.memo.clear()
 
     def drop(self, device: str, key: str) -> None:
         self._plans.pop((device, key), None)
+        self.memo.clear()
 
     def entries(self) -> List[Tuple[str, str, Plan]]:
         return [(d, k, p) for (d, k), p in sorted(self._plans.items())]
@@ -165,6 +169,7 @@ class PlanCache:
     def clear(self) -> None:
         self._plans.clear()
         self._files_read.clear()
+        self.memo.clear()
 
     def read_disk_once(self, device: str) -> None:
         """Merges the on-disk cache for `device` into the table the first time it is asked for
@@ -175,6 +180,7 @@ class PlanCache:
         self._files_read[path] = True
         for key, plan in read_cache_file(path, device).items():
             self._plans.setdefault((device, key), plan)
+        self.memo.clear()
 
     def write_disk(self, device: str) -> None:
         """Writes every plan of `device` tuned here or read from disk to its cache file."""

@@ -144,6 +144,24 @@ def test_plan_whose_algorithm_is_no_longer_eligible(tuning, count_tuning):
     assert plans.table().get(dev, key).algo == "im2col"  # the stored plan is not overwritten
 
 
+def test_remembered_decisions_follow_changes(tmp_path, fake_algos):
+    plans.clear()
+    x, w, b = _tensors(c=16, k=16, h=12, w=12)
+    p = _problem(x, w)
+    with backends.flags(autotune=False, cache_dir=str(tmp_path)):
+        assert select(p, x, w, b).algo == "im2col"
+        assert select(p, x, w, b).algo == "im2col"  # remembered
+        with backends.flags(workspace_limit_mb=0):
+            assert select(p, x, w, b).algo == "direct"
+        plans.table().put(plans.device_name(p), plans.problem_key(p), plans.Plan("direct", "loaded"))
+        assert select(p, x, w, b).source == "plan"
+        plans.clear()
+        assert select(p, x, w, b).algo == "im2col"
+        fake_algos("cpu", "new_fake")
+        assert "new_fake" in select(p, x, w, b).eligible
+    plans.clear()
+
+
 # ---- the on-disk cache ------------------------------------------------------------------------------
 
 def test_cache_round_trip(tuning, count_tuning):
