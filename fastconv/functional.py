@@ -108,7 +108,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         if min(pad) < 0:
             raise RuntimeError(f"fastconv.conv2d: negative padding is not supported, got padding={pad}")
     problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
-    concrete = algorithms.resolve(algo, problem)
+    concrete = algorithms.resolve(algo, problem, x, weight, bias)
     y = ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, concrete)
     return y if batched else y.squeeze(0)
 

@@ -22,10 +22,6 @@ from fastconv.functional import IntOr2, _batched, _check_tensor, _pair, _same_pa
 
 ops = torch.ops.fastconv
 
-# Algorithms without dgrad/wgrad kernels yet: their backward runs on this algorithm instead.
-_BACKWARD_ALGO = {"implicit_gemm": "im2col"}
-
-
 def _setup(ctx, inputs, output):
     x, w, scale, bias, residual, stride, padding, dilation, groups, relu, algo = inputs
     need_x, need_w, need_scale, need_bias, need_res = ctx.needs_input_grad[:5]
@@ -63,7 +59,7 @@ def _backward(ctx, g):
     g_x = g_w = None
     if need_x or need_w:
         gc = g if scale is None else (g * scale.view(1, -1, 1, 1)).to(g.dtype)
-        balgo = _BACKWARD_ALGO.get(algo, algo)
+        balgo = algorithms.backward_algo(algo, x.device.type)
         if need_x:
             g_x = ops.conv2d_dgrad(gc, w, list(ctx.x_shape), stride, padding, dilation, groups, balgo)
         if need_w:
@@ -109,7 +105,7 @@ def conv2d_bias_act(input: Tensor, weight: Tensor, scale: Optional[Tensor] = Non
     if residual is not None and not batched:
         residual = residual.unsqueeze(0)
     problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
-    concrete = algorithms.resolve(algo, problem)
+    concrete = algorithms.resolve(algo, problem, x, weight, bias)
     y = ops.conv2d_fused(x, weight, scale, bias, residual, list(stride_), list(pad), list(dilation_), groups,
                          bool(relu), concrete)
     return y if batched else y.squeeze(0)
