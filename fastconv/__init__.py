@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastconv import _ext  # noqa: F401  (loads fastconv._C: registers torch.ops.fastconv.*)
 from fastconv import _meta  # noqa: F401  (fake kernels)
 from fastconv import autograd as _autograd  # noqa: F401
-from fastconv import backends, functional, fused, plans
+from fastconv import backends, functional, fused, models, plans
 from fastconv.algorithms import available_algorithms
 from fastconv.autotune import autotune
 from fastconv.convert import convert, revert
@@ -28,6 +28,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional", "fused", "available_algorithms", "convert", "revert", "fuse_for_inference", "build_info",
-    "explain", "autotune", "plans", "backends",
+    "explain", "autotune", "plans", "backends", "models",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNormReLU2d",
 ]

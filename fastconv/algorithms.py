@@ -464,6 +464,10 @@ def resolve(algo: str, problem: ConvProblem, input: Optional[torch.Tensor] = Non
     tensors (when given) let the autotuner time the candidates on them."""
     if not isinstance(algo, str):
         raise TypeError(f"fastconv.conv2d: algo must be a string, got {type(algo).__name__}")
+    if problem.device_type == "meta":
+        # Meta tensors only carry shapes (the fake kernels in fastconv/_meta.py answer for every
+        # algorithm), so shape inference and model profiling work without choosing a real kernel.
+        return "direct" if algo == "auto" else algo
     if algo == "auto":
         from fastconv.autotune import select
 
