@@ -2,8 +2,12 @@
 
     import fastconv
     y = fastconv.functional.conv2d(x, w, b, stride=1, padding=1, algo="auto")
+    y = fastconv.fused.conv2d_bias_act(x, w, scale, bias, residual, padding=1, relu=True)
     layer = fastconv.Conv2d(64, 128, 3, padding=1)        # drop-in torch.nn.Conv2d
     model = fastconv.convert(torchvision_model)          # swap every supported layer
+    fastconv.explain(layer, (8, 64, 56, 56))             # which algorithm "auto" runs, and why
+    fastconv.backends.autotune = True                    # time the candidates per shape (cached on disk)
+    fastconv.autotune(model, example_input); fastconv.plans.save("plans.json")
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from fastconv import _ext  # noqa: F401  (loads fastconv._C: registers torch.ops
 from fastconv import _meta  # noqa: F401  (fake kernels)
 from fastconv import autograd as _autograd  # noqa: F401
 from fastconv import _autocast  # noqa: F401  (autocast rules)
-from fastconv import functional
+from fastconv import backends, functional, fused, models, plans
 from fastconv.algorithms import available_algorithms
+from fastconv.autotune import autotune
 from fastconv.convert import convert, revert
+from fastconv.explain import explain
 from fastconv.fuse import fuse_for_inference
 from fastconv.info import build_info
 from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNormReLU2d, Conv2d, MaxPool2d
@@ -22,6 +28,7 @@ from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, BatchNor
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional", "available_algorithms", "convert", "revert", "fuse_for_inference", "build_info",
+    "functional", "fused", "available_algorithms", "convert", "revert", "fuse_for_inference", "build_info",
+    "explain", "autotune", "plans", "backends", "models",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNormReLU2d",
 ]

@@ -24,7 +24,10 @@ import torch
 _NS = "fastconv"
 _LOW = (torch.float16, torch.bfloat16)
 
-_CONV_OPS = ("conv2d", "conv2d_dgrad", "conv2d_wgrad")
+_CONV_OPS = ("conv2d", "conv2d_dgrad", "conv2d_wgrad", "conv2d_fused")
+# conv2d_fused's per-channel scale and bias (arguments 2 and 3) are applied in the accumulation
+# dtype whatever theirs is: they keep their precision rather than being rounded to half.
+_KEEP_ARGS = {"conv2d_fused": (2, 3)}
 # Ops that run in their input's dtype; on the CPU they need float32 compute for half inputs.
 _KEEP_DTYPE_OPS = ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
                    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "batch_norm_train",
@@ -46,18 +49,18 @@ def _eligible(t: torch.Tensor, device_type: str) -> bool:
     return t.is_floating_point() and t.device.type == device_type and t.dtype is not torch.float64
 
 
-def _lower_precision(op, device_type: str, key):
+def _lower_precision(op, device_type: str, key, keep=()):
     """torch's lower_precision_fp policy: inputs to the autocast dtype, output in that dtype."""
 
     def kernel(*args):
         dtype = torch.get_autocast_dtype(device_type)
         cast = lambda t: t.to(dtype) if _eligible(t, device_type) else t  # noqa: E731
-        args = tuple(_map(a, cast) for a in args)
+        args = tuple(a if i in keep else _map(a, cast) for i, a in enumerate(args))
         if device_type == "cpu" and dtype in _LOW:
             # No low-precision CPU kernels: compute the rounded values in float32, return `dtype`.
             up = lambda t: t.float() if t.dtype == dtype else t  # noqa: E731
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-                out = op(*(_map(a, up) for a in args))
+                out = op(*(a if i in keep else _map(a, up) for i, a in enumerate(args)))
             return _map(out, lambda t: t.to(dtype) if t.dtype == torch.float32 else t)
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
             return op(*args)
@@ -89,7 +92,10 @@ def _float32_compute(op, key):
 
 
 def _register(name: str, device_type: str, make) -> None:
-    op = getattr(getattr(torch.ops, _NS), name).default
+    packet = getattr(getattr(torch.ops, _NS), name, None)
+    if packet is None:  # an op this build does not define
+        return
+    op = packet.default
     key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     key = getattr(torch._C.DispatchKey, key_name)
     kernel = make(op, key)
@@ -103,7 +109,8 @@ def _register(name: str, device_type: str, make) -> None:
 def register_all() -> None:
     for name in _CONV_OPS:
         for device_type in ("cuda", "cpu"):
-            _register(name, device_type, lambda op, key, d=device_type: _lower_precision(op, d, key))
+            _register(name, device_type,
+                      lambda op, key, d=device_type, n=name: _lower_precision(op, d, key, _KEEP_ARGS.get(n, ())))
     for name in _KEEP_DTYPE_OPS:
         _register(name, "cpu", _float32_compute)
 

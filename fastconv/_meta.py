@@ -127,3 +127,9 @@ def _batch_norm_backward_fake(grad_output, input, output, weight, mean, invstd, 
 @torch.library.register_fake(_lib + "batch_norm_update_running_stats_")
 def _batch_norm_update_running_stats_fake(running_mean, running_var, save_mean, batch_var, count, factor):
     return None
+
+
+# conv2d_fused's fake kernel lives beside the fused op's Python code but must be registered here.
+from fastconv._meta_fused import conv2d_fused_fake  # noqa: E402
+
+torch.library.register_fake(_lib + "conv2d_fused")(conv2d_fused_fake)

@@ -3,17 +3,25 @@ default ("auto") choice.
 
 Every algorithm has a `can_implement` rule here that mirrors the checks its kernels make, so
 "auto" never picks an algorithm that would refuse, and forcing one that cannot take a
-configuration fails early with the reason.
+configuration fails early with the reason. Each also has traits: whether it is deterministic and
+the smallest scratch buffer (workspace) it needs.
+
+"auto" is resolved in this order (fastconv.autotune.select): a plan in the in-memory plan table
+(tuned in this process, read from the on-disk cache, or fastconv.plans.load()); with
+fastconv.backends.autotune on, the on-disk cache and then timing every eligible algorithm; else
+the documented per-device heuristic below. Eligible = can implement, fits
+fastconv.backends.workspace_limit_mb, and deterministic when torch.use_deterministic_algorithms is on.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from fastconv import _ext
+from fastconv import _ext, backends
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class ConvProblem:
     dtype: torch.dtype
     device_type: str
     channels_last: bool = False
+    device_index: Optional[int] = None  # CUDA device ordinal (None: the current device)
 
     @property
     def P(self) -> int:
@@ -55,6 +64,10 @@ class ConvProblem:
     def depthwise(self) -> bool:
         return self.groups == self.C and self.groups > 1
 
+    @property
+    def layout(self) -> str:
+        return "NHWC" if self.channels_last else "NCHW"
+
     @staticmethod
     def from_tensors(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups) -> "ConvProblem":
         n, c, h, wd = x.shape
@@ -62,7 +75,8 @@ class ConvProblem:
         # N stays as given (it may be a SymInt under torch.compile's dynamic shapes: no guard on it).
         return ConvProblem(n, int(c), int(h), int(wd), int(k), int(r), int(s), tuple(stride),
                            tuple(padding), tuple(dilation), int(groups), x.dtype, x.device.type,
-                           x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+                           x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                           x.device.index)
 
 
 # A rule returns None when the algorithm can implement the problem, else the reason it cannot.
@@ -116,8 +130,18 @@ _RULES: Dict[str, Dict[str, Rule]] = {
         "direct": _all(_dtype_rule(_CUDA_DTYPES + (torch.float64,)), _any_config),
         "im2col": _all(_dtype_rule(_CUDA_DTYPES), _any_config),
         "gemm1x1": _all(_dtype_rule(_CUDA_DTYPES), _one_by_one),
+        # Tensor-core implicit GEMM (csrc/cuda/conv2d_igemm_tc.cu): fprop only so far, see backward_algo.
+        "implicit_gemm": _all(_dtype_rule((torch.float16, torch.bfloat16)), _any_config),
     },
 }
+
+# Algorithms with no dgrad/wgrad kernels yet: their backward runs on the named algorithm instead.
+_BACKWARD_FALLBACK: Dict[str, Dict[str, str]] = {"cuda": {"implicit_gemm": "im2col"}}
+
+
+def backward_algo(algo: str, device_type: str) -> str:
+    """The algorithm that computes dgrad/wgrad for a forward run with `algo`."""
+    return _BACKWARD_FALLBACK.get(device_type, {}).get(algo, algo)
 
 
 def _device_type(device: Union[str, torch.device, None]) -> str:
@@ -152,32 +176,302 @@ def can_implement(algo: str, problem: ConvProblem) -> bool:
     return why_not(algo, problem) is None
 
 
-# Images below this many multiply-adds are dominated by setup costs; the direct loops win.
+
+# ---- traits: determinism and workspace ------------------------------------------------------------
+
+
+def _elem_bytes(dtype: torch.dtype) -> int:
+    return int(getattr(dtype, "itemsize", 4))
+
+
+def _no_workspace(p: ConvProblem) -> int:
+    return 0
+
+
+def _cpu_im2col_workspace(p: ConvProblem) -> int:
+    # One [C/groups·R·S, P·Q] column buffer (csrc/torch/cpu_conv.cpp allocates one per worker thread).
+    return (p.C // p.groups) * p.R * p.S * p.P * p.Q * _elem_bytes(p.dtype)
+
+
+def _cuda_im2col_workspace(p: ConvProblem) -> int:
+    # csrc/cuda/im2col.cu make_plan with one image per chunk (the binding chunks the batch to fit the
+    # limit, so one image is the least it can run with); the largest of fprop, dgrad and wgrad.
+    e = _elem_bytes(p.dtype)
+    col = p.C * p.R * p.S * p.P * p.Q * e
+    wgrad = p.K * (p.C // p.groups) * p.R * p.S * 4 + col + (0 if p.channels_last else p.K * p.P * p.Q * e)
+    return max(col, wgrad)
+
+
+def _cuda_gemm1x1_workspace(p: ConvProblem) -> int:
+    # csrc/cuda/conv2d_1x1.cu make_plan, one image per chunk: a gathered input image when strided,
+    # and for wgrad the fp32 accumulator plus NCHW packing buffers.
+    e = _elem_bytes(p.dtype)
+    cpq, kpq = p.C * p.P * p.Q * e, p.K * p.P * p.Q * e
+    strided = p.stride != (1, 1)
+    fprop = cpq if strided else 0
+    wgrad = p.K * (p.C // p.groups) * 4
+    if not p.channels_last:
+        wgrad += cpq + kpq
+    elif strided:
+        wgrad += cpq
+    return max(fprop, wgrad)
+
+
+@dataclass(frozen=True)
+class AlgoTraits:
+    """What the chooser needs to know about an algorithm besides `can_implement`.
+
+    deterministic: bitwise-reproducible results for every direction (fixed reduction orders, no
+        atomics); only these are eligible under torch.use_deterministic_algorithms(True).
+    workspace_bytes: the smallest scratch buffer it can run with, largest over fprop/dgrad/wgrad.
+    run: a Python implementation (input, weight, bias, stride, padding, dilation, groups) -> output,
+        used by the autotuner instead of torch.ops.fastconv.conv2d (for algorithms registered from
+        Python, e.g. in tests); None for the compiled kernels.
+    """
+
+    deterministic: bool = True
+    workspace_bytes: Callable[[ConvProblem], int] = _no_workspace
+    run: Optional[Callable[..., torch.Tensor]] = None
+
+
+# Every CPU and CUDA kernel so far reduces in a fixed order without atomics (see csrc/*/ headers).
+_TRAITS: Dict[str, Dict[str, AlgoTraits]] = {
+    "cpu": {
+        "direct": AlgoTraits(),
+        "im2col": AlgoTraits(workspace_bytes=_cpu_im2col_workspace),
+        "gemm1x1": AlgoTraits(),
+    },
+    "cuda": {
+        "direct": AlgoTraits(),
+        "im2col": AlgoTraits(workspace_bytes=_cuda_im2col_workspace),
+        "gemm1x1": AlgoTraits(workspace_bytes=_cuda_gemm1x1_workspace),
+        "implicit_gemm": AlgoTraits(),
+    },
+}
+
+
+# Bumped by every registry change, so memoised "auto" decisions are not reused across one.
+_generation = 0
+
+
+def traits(algo: str, device_type: str) -> AlgoTraits:
+    """The traits of `algo` on `device_type` (the defaults for an algorithm registered without any)."""
+    return _TRAITS.get(device_type, {}).get(algo, AlgoTraits())
+
+
+def register_algorithm(device_type: str, name: str, rule: Rule, *, deterministic: bool = True,
+                       workspace_bytes: Optional[Callable[[ConvProblem], int]] = None,
+                       run: Optional[Callable[..., torch.Tensor]] = None) -> None:
+    """Adds (or replaces) an algorithm in the registry: `rule(problem)` returns None when it can
+    implement the problem, else the reason. Kernels added in C++ register here too, so "auto",
+    explain() and the autotuner see them."""
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"fastconv.algorithms.register_algorithm: invalid algorithm name {name!r}")
+    global _generation
+    _RULES.setdefault(device_type, {})[name] = rule
+    _TRAITS.setdefault(device_type, {})[name] = AlgoTraits(deterministic, workspace_bytes or _no_workspace, run)
+    _generation += 1
+
+
+def unregister_algorithm(device_type: str, name: str) -> None:
+    """Removes an algorithm added with register_algorithm (no error if absent)."""
+    global _generation
+    _generation += 1
+    _RULES.get(device_type, {}).pop(name, None)
+    _TRAITS.get(device_type, {}).pop(name, None)
+    if device_type not in ("cpu", "cuda"):
+        for table in (_RULES, _TRAITS):
+            if not table.get(device_type, True):
+                del table[device_type]
+
+
+def workspace_bytes(algo: str, problem: ConvProblem) -> int:
+    """Estimated smallest workspace `algo` needs for `problem` (0 for none)."""
+    return int(traits(algo, problem.device_type).workspace_bytes(problem))
+
+
+def _deterministic_required() -> bool:
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def _not_deterministic_reason(algo: str) -> str:
+    return (f"'{algo}' is not deterministic and torch.use_deterministic_algorithms(True) is set")
+
+
+def eligibility(algo: str, problem: ConvProblem) -> Optional[str]:
+    """None if "auto" may choose `algo` for `problem`, else why not: it cannot implement the problem,
+    its workspace exceeds fastconv.backends.workspace_limit_mb, or it is not deterministic while
+    torch.use_deterministic_algorithms(True) is set."""
+    why = why_not(algo, problem)
+    if why is not None:
+        return why
+    limit = backends.workspace_limit_mb << 20
+    ws = workspace_bytes(algo, problem)
+    if ws > limit:
+        return (f"needs {ws / 2**20:.1f} MiB of workspace, over fastconv.backends.workspace_limit_mb "
+                f"({backends.workspace_limit_mb} MiB)")
+    if _deterministic_required() and not traits(algo, problem.device_type).deterministic:
+        return _not_deterministic_reason(algo)
+    return None
+
+
+def candidates(problem: ConvProblem) -> Dict[str, Optional[str]]:
+    """Every algorithm registered for the problem's device type -> None if eligible for "auto", else
+    the reason it is not (see eligibility)."""
+    return {a: eligibility(a, problem) for a in _RULES.get(problem.device_type, {})}
+
+
+# ---- the heuristic ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeuristicRule:
+    """One line of a device's heuristic: when `applies(problem)`, prefer `algo` (if eligible)."""
+
+    name: str
+    algo: str
+    applies: Callable[[ConvProblem], bool]
+    why: str
+
+
+def _cuda_capability(p: ConvProblem) -> Optional[Tuple[int, int]]:
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return torch.cuda.get_device_capability(p.device_index)
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+
+
+def _tensor_core_eligible(p: ConvProblem) -> bool:
+    if "implicit_gemm" not in _RULES.get("cuda", {}):
+        return False
+    if p.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    cap = _cuda_capability(p)
+    return cap is not None and cap >= (8, 0)
+
+
+def _is_1x1(p: ConvProblem) -> bool:
+    return _one_by_one(p) is None
+
+
+# Below this many multiply-adds per image a CUDA convolution is launch-bound: direct is one kernel
+# per direction, im2col is an im2col kernel plus GEMM launches per chunk. Not yet measured on a GPU.
 _TINY_MACS = 1 << 16
+
+# CPU rules from measured tables: benchmarks/results/cpu-heuristics-2026-11-23/ (output.txt,
+# results.json; float32, N=8, one thread, fprop/dgrad/wgrad medians). Totals below are the three summed.
+_HEURISTICS: Dict[str, List[HeuristicRule]] = {
+    "cpu": [
+        HeuristicRule(
+            "depthwise", "direct", lambda p: p.depthwise,
+            "direct beat im2col in every measured depthwise shape, 1.6-11x in total (e.g. 128 "
+            "channels 28x28 NCHW: 8.8 vs 57 ms); im2col runs one single-row GEMM per group"),
+        HeuristicRule(
+            "1x1", "gemm1x1", _is_1x1,
+            "the activation is the GEMM operand, no column buffer; in total at or "
+            "below im2col in 7 of 8 measured 1x1 shapes, 1.4-2.7x faster in NHWC"),
+        HeuristicRule(
+            "default", "im2col", lambda p: True,
+            "1.9-26x faster than direct on every other measured shape; on the tiniest "
+            "(9216 multiply-adds per image) the two are within 13% either way, so the CPU has no 'tiny' rule"),
+    ],
+    "cuda": [
+        HeuristicRule(
+            "tensor cores", "implicit_gemm", _tensor_core_eligible,
+            "float16/bfloat16 on sm_80+ runs on tensor cores (this rule is active once 'implicit_gemm' is "
+            "registered for CUDA)"),
+        HeuristicRule(
+            "1x1", "gemm1x1", _is_1x1,
+            "1x1 filter, no padding: the activation is the GEMM operand, no column buffer (not yet measured)"),
+        HeuristicRule(
+            "depthwise", "direct", lambda p: p.depthwise,
+            "one GEMM row per group wastes im2col's tiles; the direct depthwise kernel reads "
+            "each input once per tile (not yet measured)"),
+        HeuristicRule(
+            "tiny", "direct", lambda p: p.macs_per_image < _TINY_MACS,
+            f"fewer than {_TINY_MACS} multiply-adds per image: launch-bound, direct is one kernel (not yet measured)"),
+        HeuristicRule(
+            "default", "im2col", lambda p: True,
+            "im2col + SIMT GEMM for everything else"),
+    ],
+}
+
+
+def heuristic_rules(device_type: str) -> List[HeuristicRule]:
+    """The heuristic of `device_type`, in the order it is applied."""
+    return list(_HEURISTICS.get(device_type, []))
+
+
+def heuristic_choice(problem: ConvProblem, eligible: Optional[Dict[str, Optional[str]]] = None
+                     ) -> Tuple[str, str]:
+    """(algorithm, the rule that chose it) for `problem`: the first rule of its device that applies
+    and names an eligible algorithm; else the first eligible algorithm in registry order.
+    Raises when nothing is eligible (see _nothing_eligible)."""
+    if eligible is None:
+        eligible = candidates(problem)
+    ok = [a for a, why in eligible.items() if why is None]
+    if not ok:
+        _nothing_eligible(problem, eligible)
+    for rule in _HEURISTICS.get(problem.device_type, []):
+        if rule.algo in ok and rule.applies(problem):
+            return rule.algo, f"rule '{rule.name}': {rule.why}"
+    return ok[0], "fallback: the first eligible algorithm"
 
 
 def heuristic(problem: ConvProblem) -> str:
-    """The default choice. CPU and CUDA share one rule until measured tables say otherwise:
-    1x1 without padding -> gemm1x1; depthwise or tiny -> direct; otherwise im2col (+GEMM)."""
-    order: List[str] = []
-    if _one_by_one(problem) is None:
-        order.append("gemm1x1")
-    if problem.depthwise or problem.macs_per_image < _TINY_MACS:
-        order.append("direct")
-    order += ["im2col", "direct"]
-    for algo in order:
-        if can_implement(algo, problem):
-            return algo
-    # Nothing can take it: report the most general algorithm's reason.
-    raise TypeError(f"fastconv.conv2d: no algorithm can implement this problem: {why_not('direct', problem)}")
+    """The default choice without tuning; see heuristic_rules(device_type) for the documented rules.
+
+    CPU (measured, benchmarks/results/cpu-heuristics-2026-11-23/): depthwise -> direct; 1x1 without
+    padding -> gemm1x1; otherwise im2col.
+    CUDA (not yet measured): float16/bfloat16 on sm_80+ -> implicit_gemm once registered; 1x1 ->
+    gemm1x1; depthwise or tiny (< 2^16 MACs per image) -> direct; otherwise im2col.
+    Algorithms that are not eligible (see eligibility) are skipped."""
+    return heuristic_choice(problem)[0]
 
 
-def resolve(algo: str, problem: ConvProblem) -> str:
-    """Turns the user's `algo` into a concrete algorithm, raising if it cannot be used."""
+def _nothing_eligible(problem: ConvProblem, eligible: Dict[str, Optional[str]]) -> None:
+    if not eligible:
+        raise TypeError(f"fastconv.conv2d: no algorithm can implement this problem: {why_not('direct', problem)}")
+    reasons = "; ".join(f"{a}: {why}" for a, why in eligible.items())
+    if _deterministic_required() and any(
+            why_not(a, problem) is None and not traits(a, problem.device_type).deterministic for a in eligible):
+        raise RuntimeError(f"fastconv.conv2d: no deterministic algorithm can implement this problem, but "
+                           f"torch.use_deterministic_algorithms(True) is set ({reasons})")
+    if all(why_not(a, problem) is not None and "dtype" in why_not(a, problem) for a in eligible):
+        raise TypeError(f"fastconv.conv2d: no algorithm can implement this problem: {reasons}")
+    raise NotImplementedError(f"fastconv.conv2d: no algorithm can implement this problem: {reasons}")
+
+
+def check_deterministic(algo: str, problem: ConvProblem) -> None:
+    """Raises (or warns, in warn_only mode) when `algo` is not deterministic and
+    torch.use_deterministic_algorithms(True) is set, as torch does for its own kernels."""
+    if not _deterministic_required() or traits(algo, problem.device_type).deterministic:
+        return
+    msg = (f"fastconv.conv2d: algo '{algo}' does not have a deterministic implementation, but you set "
+           f"'torch.use_deterministic_algorithms(True)'. Use algo='auto' or a deterministic algorithm "
+           f"({[a for a in _RULES.get(problem.device_type, {}) if traits(a, problem.device_type).deterministic]}).")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, stacklevel=3)
+        return
+    raise RuntimeError(msg)
+
+
+def resolve(algo: str, problem: ConvProblem, input: Optional[torch.Tensor] = None,
+            weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> str:
+    """Turns the user's `algo` into a concrete algorithm, raising if it cannot be used. For "auto" the
+    tensors (when given) let the autotuner time the candidates on them."""
     if not isinstance(algo, str):
         raise TypeError(f"fastconv.conv2d: algo must be a string, got {type(algo).__name__}")
+    if problem.device_type == "meta":
+        # Meta tensors only carry shapes (the fake kernels in fastconv/_meta.py answer for every
+        # algorithm), so shape inference and model profiling work without choosing a real kernel.
+        return "direct" if algo == "auto" else algo
     if algo == "auto":
-        return heuristic(problem)
+        from fastconv.autotune import select
+
+        return select(problem, input, weight, bias).algo
     known = {a for rules in _RULES.values() for a in rules}
     if algo not in known:
         raise ValueError(f"fastconv.conv2d: unknown algo '{algo}'; choose one of "
@@ -187,4 +481,6 @@ def resolve(algo: str, problem: ConvProblem) -> str:
         if "dtype" in why:
             raise TypeError(f"fastconv.conv2d: algo '{algo}' cannot run: {why}")
         raise NotImplementedError(f"fastconv.conv2d: algo '{algo}' cannot implement this configuration: {why}")
+    check_deterministic(algo, problem)
     return algo
+

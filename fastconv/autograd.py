@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from fastconv.algorithms import backward_algo
+
 ops = torch.ops.fastconv
 
 
@@ -19,6 +21,7 @@ def _register(name, backward, setup_context):
 # ---- conv2d ------------------------------------------------------------------------------------
 def _conv_setup(ctx, inputs, output):
     x, w, bias, stride, padding, dilation, groups, algo = inputs
+    algo = backward_algo(algo, x.device.type)
     ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
     ctx.params = (stride, padding, dilation, groups, algo)
     ctx.x_shape, ctx.w_shape = x.shape, w.shape

@@ -116,7 +116,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     dtype = _autocast.op_dtype(x)
     if dtype != problem.dtype:  # under autocast the op computes in another dtype than x's
         problem = dataclasses.replace(problem, dtype=dtype)
-    concrete = algorithms.resolve(algo, problem)
+        concrete = algorithms.resolve(algo, problem)  # (x is not what the op will see: nothing to time on)
+    else:
+        concrete = algorithms.resolve(algo, problem, x, weight, bias)
     y = ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, concrete)
     return y if batched else y.squeeze(0)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Syntax-check the CUDA torch binding (csrc/torch/cuda_*.cpp) without a CUDA build of torch.
+# Syntax-check the CUDA torch binding (csrc/torch/cuda_*.cpp: cuda_ops.cpp, cuda_fused.cpp) without a
+# CUDA build of torch.
 #
 # The real build compiles these files only against a CUDA torch; this check runs where only a CPU
 # build exists (CI, laptops) so binding mistakes surface before anyone reaches a GPU. It needs the
@@ -61,6 +62,14 @@ printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$SHIM/c10/cuda/imp
 # torch and CUDA headers as system headers: their own warnings are not ours to fix; ours are errors.
 SYS_INC=()
 for d in "${TORCH_INC[@]}" "$CUDA_INC" "$SHIM"; do SYS_INC+=(-isystem "$d"); done
+
+# Every csrc/torch/cuda_*.cpp is checked; these must exist (a missing one would otherwise pass silently).
+for required in csrc/torch/cuda_ops.cpp csrc/torch/cuda_fused.cpp; do
+  if [ ! -f "$required" ]; then
+    echo "check_cuda_binding: missing $required" >&2
+    exit 1
+  fi
+done
 
 shopt -s nullglob
 SRCS=(csrc/torch/cuda_*.cpp)

@@ -125,14 +125,17 @@ def test_bad_argument_exit_status_from_the_shell(tmp_path):
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_model_mode_without_models_is_a_clear_error(tmp_path, capsys):
-    try:
-        import fastconv.models  # noqa: F401
-    except ImportError:
-        assert main(["bench", "--mode", "inference", "--device", "cpu", "--out", str(tmp_path)]) == 2
-        assert "fastconv.models" in capsys.readouterr().err
-    else:
-        pytest.skip("fastconv.models exists: model mode is tested below")
+def test_model_mode_on_a_real_model():
+    # fastconv.models' ResNet-18: the torch baseline is its torch.nn twin, the fused variant folds BN.
+    s = runner.Settings(mode="inference", model="resnet18", batches=[1], quick=True, rounds=2, warmup=1,
+                        max_total_s=0.05)
+    recs = runner.run_models(s, progress=False)
+    by = {r["algo"]: r for r in recs}
+    assert {"eager", "converted", "converted+fused"} <= set(by)
+    assert by["eager"]["impl"] == "torch"
+    for variant in ("converted", "converted+fused"):
+        assert by[variant]["impl"] == "fastconv"
+        assert 0 < by[variant]["max_rel_err"] < 1e-4  # different kernels: never bit-identical to torch
 
 
 def test_model_mode_records(monkeypatch):

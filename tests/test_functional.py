@@ -205,3 +205,25 @@ def test_available_algorithms_cpu():
     algos = fastconv.available_algorithms("cpu")
     assert algos[0] == "auto"
     assert {"direct", "im2col", "gemm1x1"} <= set(algos)
+
+
+def test_meta_tensors_give_torchs_shapes_and_strides():
+    # Shape inference without data: every op's fake kernel answers on the meta device with the sizes
+    # and strides torch's CPU kernels produce (torch's own meta conv ignores channels_last).
+    def cases(dev):
+        x = torch.zeros(2, 3, 17, 15, device=dev).contiguous(memory_format=torch.channels_last)
+        w = torch.zeros(8, 3, 3, 3, device=dev)
+        ours = [FF.conv2d(x, w, None, 2, 1), FF.max_pool2d(x, 3, 2, 1, ceil_mode=True), FF.avg_pool2d(x, 2),
+                FF.adaptive_avg_pool2d(x, 4)]
+        ref = [F.conv2d(x, w, None, 2, 1), F.max_pool2d(x, 3, 2, 1, ceil_mode=True), F.avg_pool2d(x, 2),
+               F.adaptive_avg_pool2d(x, 4)]
+        return ours, ref
+
+    meta, _ = cases("meta")
+    _, cpu_ref = cases("cpu")
+    for ours, ref in zip(meta, cpu_ref):
+        assert ours.device.type == "meta" and ours.shape == ref.shape and ours.stride() == ref.stride()
+    from fastconv.models import resnet18
+
+    model = resnet18().to("meta")
+    assert model(torch.empty(2, 3, 64, 64, device="meta")).shape == (2, 1000)

@@ -21,6 +21,7 @@
 #include <string>
 
 #include "checks.h"
+#include "cpu_conv.h"
 #include "fastconv/cpu_api.h"
 
 namespace fastconv {
@@ -210,8 +211,11 @@ at::Tensor wgrad_gemm1x1(const Conv2dShape& s, const at::Tensor& dy, const at::T
   return at::bmm(a, b).view({s.K, Cg, 1, 1});
 }
 
+}  // namespace
+
 // ---- ops ----------------------------------------------------------------------------------------
 
+// Also the convolution step of conv2d_fused (cpu_fused.cpp), hence outside the anonymous namespace.
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias_opt,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       c10::string_view algo_str) {
@@ -265,6 +269,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   if (has_bias && algo != ConvAlgo::kDirect) y.add_(bias.view({1, s.K, 1, 1}));
   return y;
 }
+
+namespace {
 
 at::Tensor conv2d_dgrad_cpu(const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,

@@ -153,6 +153,9 @@ struct ConvAlgo {
   ConvFns<__half> f16;
   ConvFns<__nv_bfloat16> bf16;
   ConvFns<double> f64;  // all null where the algorithm has no double kernels
+  // Runs on channels_last operands only: fprop computes in channels_last whatever the caller's
+  // format and converts the output back (dgrad/wgrad of such algorithms are not implemented yet).
+  bool nhwc_only;
   bool has_double() const { return f64.fprop != nullptr; }
 };
 
@@ -172,6 +175,11 @@ std::string describe(const Conv2dShape& s) {
 
 std::string generic_why_not(const Conv2dShape& s) { return "its can_implement rejected " + describe(s); }
 
+std::string implicit_gemm_why_not(const Conv2dShape& s) {
+  return "it implements fprop only (no dgrad/wgrad yet), for float16 and bfloat16 only (no float32/TF32 yet), "
+         "with every size below 2^30; got " + describe(s);
+}
+
 std::string gemm1x1_why_not(const Conv2dShape& s) {
   if (s.R != 1 || s.S != 1 || s.pad_h != 0 || s.pad_w != 0) {
     return "it needs a 1x1 filter and zero padding, got " + describe(s);
@@ -189,13 +197,17 @@ const ConvAlgo* find_conv_algo(c10::string_view name) {
   static const ConvAlgo kAlgos[] = {
       {"direct", &cuda::conv2d_direct_can_implement, &cuda::conv2d_direct_workspace_bytes, &generic_why_not,
        FASTCONV_CONV_FNS(direct, float), FASTCONV_CONV_FNS(direct, __half),
-       FASTCONV_CONV_FNS(direct, __nv_bfloat16), FASTCONV_CONV_FNS(direct, double)},
+       FASTCONV_CONV_FNS(direct, __nv_bfloat16), FASTCONV_CONV_FNS(direct, double), false},
       {"im2col", &cuda::conv2d_im2col_can_implement, &cuda::conv2d_im2col_workspace_bytes, &generic_why_not,
        FASTCONV_CONV_FNS(im2col, float), FASTCONV_CONV_FNS(im2col, __half),
-       FASTCONV_CONV_FNS(im2col, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double)},
+       FASTCONV_CONV_FNS(im2col, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), false},
       {"gemm1x1", &cuda::conv2d_gemm1x1_can_implement, &cuda::conv2d_gemm1x1_workspace_bytes, &gemm1x1_why_not,
        FASTCONV_CONV_FNS(gemm1x1, float), FASTCONV_CONV_FNS(gemm1x1, __half),
-       FASTCONV_CONV_FNS(gemm1x1, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double)},
+       FASTCONV_CONV_FNS(gemm1x1, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), false},
+      // Tensor cores: half and bf16 only (can_implement rejects float before its null table is used).
+      {"implicit_gemm", &cuda::conv2d_implicit_gemm_can_implement, &cuda::conv2d_implicit_gemm_workspace_bytes,
+       &implicit_gemm_why_not, FASTCONV_NO_CONV_FNS(float), FASTCONV_CONV_FNS(implicit_gemm, __half),
+       FASTCONV_CONV_FNS(implicit_gemm, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true},
   };
   for (const auto& a : kAlgos) {
     if (name == a.name) return &a;
@@ -209,7 +221,7 @@ const ConvAlgo* find_conv_algo(c10::string_view name) {
 const ConvAlgo& lookup_conv_algo(c10::string_view name, const char* op) {
   const ConvAlgo* a = find_conv_algo(name);
   TORCH_CHECK_VALUE(a != nullptr, "fastconv.", op, ": unknown CUDA conv algo '", std::string(name),
-                    "' (expected one of 'direct', 'im2col', 'gemm1x1')");
+                    "' (expected one of 'direct', 'im2col', 'gemm1x1', 'implicit_gemm')");
   return *a;
 }
 
@@ -289,10 +301,13 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
     return y;
   }
 
-  const at::Tensor x = dense(input, fmt);
-  const at::Tensor w = dense(weight, fmt);
+  // An NHWC-only algorithm computes into a channels_last output, converted back to fmt at the end.
+  const MemoryFormat kfmt = a.nhwc_only ? MemoryFormat::ChannelsLast : fmt;
+  if (kfmt != fmt) y = empty_in({s.N, s.K, s.P, s.Q}, input, kfmt);
+  const at::Tensor x = dense(input, kfmt);
+  const at::Tensor w = dense(weight, kfmt);
   const at::Tensor b = defined(bias) ? bias->contiguous() : at::Tensor();
-  set_conv_strides(s, fmt);
+  set_conv_strides(s, kfmt);
   const at::Tensor ws = conv_workspace(a, s, ConvDir::kFprop, x, op);
 
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -303,7 +318,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                        static_cast<size_t>(ws.numel()), stream),
                op, a.name);
   });
-  return y;
+  return kfmt == fmt ? y : y.contiguous(fmt);
 }
 
 at::Tensor conv2d_dgrad_cuda(const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,

@@ -70,6 +70,12 @@ TORCH_LIBRARY(fastconv, m) {
         "Tensor mean, Tensor invstd, bool train, bool relu, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("batch_norm_update_running_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, "
         "Tensor save_mean, Tensor batch_var, SymInt count, float factor) -> ()");
+  // Convolution with a fused epilogue: y = relu?(conv(x, w) * scale[k] + bias[k] + residual).
+  // scale/bias: [K] (a folded batch norm), any floating dtype, applied in the accumulation dtype;
+  // residual: [N, K, P, Q] in the input's dtype. Every optional may be None. algo as for conv2d
+  // ("implicit_gemm" on CUDA runs the whole epilogue inside the GEMM kernel).
+  m.def("conv2d_fused(Tensor input, Tensor weight, Tensor? scale, Tensor? bias, Tensor? residual, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu, str algo) -> Tensor");
 }
 
 // fastconv._C is imported for its side effect (the registrations above); it also answers two

@@ -155,15 +155,14 @@ def get_model(name: str) -> torch.nn.Module:
         raise BenchError(f"fastconv.models.get_model('{name}') failed: {e}") from None
 
 
-def _fused(model: torch.nn.Module) -> Optional[torch.nn.Module]:
-    """fastconv's converted model with BN+ReLU fused, when fastconv offers a fusion pass."""
+def _fused(model: torch.nn.Module, train: bool) -> Optional[torch.nn.Module]:
+    """fastconv's converted model with each BN folded into its conv (inference only: folding
+    freezes the BN statistics)."""
     import fastconv
 
-    for owner in (fastconv, getattr(fastconv, "models", None)):
-        fuse = getattr(owner, "fuse", None) or getattr(owner, "fuse_bn_relu", None)
-        if fuse is not None:
-            return fuse(fastconv.convert(model))
-    return None
+    if train:
+        return None
+    return fastconv.fuse_for_inference(fastconv.convert(model).eval())
 
 
 def _variants(model: torch.nn.Module, s: Settings) -> Iterable[tuple]:
@@ -171,9 +170,11 @@ def _variants(model: torch.nn.Module, s: Settings) -> Iterable[tuple]:
 
     import fastconv
 
+    # fastconv.models builds fastconv layers: the torch baseline is the same network reverted to torch.nn.
+    model = fastconv.revert(model)
     yield "torch", "eager", model
     yield "fastconv", "converted", fastconv.convert(model)
-    fused = _fused(model)
+    fused = _fused(model, s.mode == "train")
     if fused is not None:
         yield "fastconv", "converted+fused", fused
     if s.compile and not s.quick:

@@ -72,5 +72,14 @@ template <typename T>
 Status batch_norm_update_running_stats(int64_t C, const T* save_mean, const T* batch_var, int64_t count,
                                        double factor, T* running_mean, T* running_var);
 
+// ---- epilogue.cpp: the fused convolution epilogue, in place on a conv output ----------------------
+// y[n, k, p, q] = relu?( y·scale[k] + bias[k] + residual[n, k, p, q] ), computed in T in that order
+// (one rounding per operation, as the unfused torch composition does). y has strides s.y (sizes
+// N, K, P, Q); residual has its own strides res (same sizes). scale, bias, residual nullable (= 1,
+// 0, 0). ReLU keeps NaN, as torch.relu does.
+template <typename T>
+Status conv2d_epilogue(const Conv2dShape& s, const T* scale, const T* bias, const T* residual,
+                       const Strides4& res, bool relu, T* y);
+
 }  // namespace cpu
 }  // namespace fastconv

@@ -54,8 +54,24 @@ FASTCONV_DECLARE_CONV_ALGO(direct)
 FASTCONV_DECLARE_CONV_ALGO(im2col)
 // conv2d_1x1.cu — R = S = 1, no padding, any stride/groups; T in {float, __half, __nv_bfloat16}.
 FASTCONV_DECLARE_CONV_ALGO(gemm1x1)
+// conv2d_igemm_tc.cu — tensor-core implicit GEMM (sm_80+ mma.sync.m16n8k16, FP32 accumulate) on
+// NHWC x / KRSC w / NPQK y (channels_last tensors; y dense). T in {__half, __nv_bfloat16}; float
+// (TF32 / exact FP32) is not implemented yet. can_implement is true for fprop only (dgrad and wgrad
+// are not implemented yet; their launchers return cudaErrorInvalidValue). Any C, K, groups, stride,
+// padding, dilation: the 16-byte cp.async path needs C/groups and K/groups multiples of 8, any other
+// size runs the predicated element-wise path. fprop's workspace holds the bias converted to float.
+FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
 
 #undef FASTCONV_DECLARE_CONV_ALGO
+
+// conv2d_igemm_tc.cu — fprop with the fused epilogue (csrc/cuda/epilogue.cuh), in one kernel:
+//   y = relu?( conv(x, w) · scale[k] + bias[k] + residual )
+// scale, bias: [K] in AccT<T>, nullable; residual: y's shape and layout (dense NHWC), nullable.
+// Same contract as conv2d_implicit_gemm_fprop (no workspace is needed: ws may be null).
+template <typename T>
+cudaError_t conv2d_implicit_gemm_fprop_fused(const Conv2dShape& s, const T* x, const T* w, const AccT<T>* scale,
+                                             const AccT<T>* bias, const T* residual, bool relu, T* y, void* ws,
+                                             size_t ws_bytes, cudaStream_t stream);
 
 // gemm_simt.cu — batched C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b], row-major, FP32 (or FP64)
 // accumulate. op(A) is M x K, op(B) is K x N. T in {float, __half, __nv_bfloat16}; Out in {T, float}.

@@ -1,0 +1,196 @@
+"""fastconv.explain(): what algo="auto" would run for a convolution, and why.
+
+    fastconv.explain(fastconv.Conv2d(64, 128, 3, padding=1), (8, 64, 56, 56))
+    fastconv.explain(weight, input, stride=2, padding=1)        # tensors (or shapes)
+    fastconv.explain(problem)                                   # a fastconv.algorithms.ConvProblem
+    fastconv.explain(conv, x, tune=True)                        # time the candidates now
+
+prints (unless verbose=False) and returns an Explanation: every registered algorithm with whether it
+can implement the problem (and why not), its determinism, workspace and tuned time if any, then the
+choice and where it came from (plan, tuning, or which heuristic rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from fastconv import algorithms, backends, plans
+from fastconv.algorithms import ConvProblem
+from fastconv.autotune import Choice, select
+
+Shape = Sequence[int]
+
+
+@dataclass
+class CandidateInfo:
+    name: str
+    eligible: bool
+    reason: Optional[str]  # why "auto" may not use it (None when eligible)
+    deterministic: bool
+    workspace_bytes: int
+    time_ms: Optional[float] = None  # median forward time if tuned
+    rejected: Optional[str] = None  # why tuning excluded it (failed / mismatched)
+
+
+@dataclass
+class Explanation:
+    problem: ConvProblem
+    device: str
+    key: Optional[str]
+    candidates: List[CandidateInfo]
+    choice: str
+    source: str  # "plan", "tuned", "heuristic" or "forced"
+    reason: str
+    tuning: Optional[str] = None  # why no tuning happened
+    settings: Dict[str, object] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        p = self.problem
+        lines = [
+            f"fastconv.explain: conv2d {str(p.dtype).replace('torch.', '')} {p.layout} on {self.device}",
+            f"  input [{p.N}, {p.C}, {p.H}, {p.W}]  weight [{p.K}, {p.C // p.groups}, {p.R}, {p.S}]  "
+            f"stride {p.stride}  padding {p.padding}  dilation {p.dilation}  groups {p.groups}  "
+            f"-> output [{p.N}, {p.K}, {p.P}, {p.Q}]",
+            f"  plan key: {self.key}",
+            f"  {'algorithm':<14}{'eligible':<10}{'determ.':<9}{'workspace':>12}{'time (ms)':>12}  notes",
+        ]
+        for c in self.candidates:
+            ws = _fmt_bytes(c.workspace_bytes)
+            t = f"{c.time_ms:.4g}" if c.time_ms is not None else "-"
+            note = c.reason or c.rejected or ""
+            mark = "->" if c.name == self.choice else "  "
+            lines.append(f"{mark}{c.name:<14}{'yes' if c.eligible else 'no':<10}{'yes' if c.deterministic else 'no':<9}"
+                         f"{ws:>12}{t:>12}  {note}".rstrip())
+        lines.append(f"  choice: {self.choice} ({self.source}: {self.reason})")
+        if self.tuning:
+            lines.append(f"  not tuned: {self.tuning}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _fmt_bytes(n: int) -> str:
+    if n == 0:
+        return "0"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(v, (list, tuple, torch.Size)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
+
+
+def _problem_from(conv, input, stride, padding, dilation, groups, dtype, device, channels_last
+                  ) -> Tuple[ConvProblem, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], str]:
+    """(problem, input tensor or None, weight tensor or None, bias or None, forced algo or "auto")."""
+    algo = "auto"
+    bias = None
+    if isinstance(conv, ConvProblem):
+        return conv, None, None, None, algo
+    if isinstance(conv, torch.nn.Conv2d):
+        weight: Union[torch.Tensor, Shape] = conv.weight
+        bias = conv.bias
+        stride, dilation, groups = conv.stride, conv.dilation, conv.groups
+        algo = getattr(conv, "algo", "auto")
+        padding = conv.padding
+        if conv.padding_mode != "zeros":  # the module pads explicitly, then convolves without padding
+            if isinstance(input, torch.Tensor):
+                input = torch.nn.functional.pad(input, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            elif input is not None:
+                ph, pw = _pair(padding) if not isinstance(padding, str) else (0, 0)
+                input = (*tuple(input)[:-2], int(input[-2]) + 2 * ph, int(input[-1]) + 2 * pw)
+            padding = 0
+    else:
+        weight = conv
+    if input is None:
+        raise TypeError("fastconv.explain: give the input (a tensor or its shape [N, C, H, W]) with a conv or weight")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = 0
+        else:  # "same": torch pads (total // 2) on each side (an odd remainder goes to the end)
+            r, s = (weight.shape if isinstance(weight, torch.Tensor) else weight)[2:]
+            d = _pair(dilation)
+            padding = (d[0] * (int(r) - 1) // 2, d[1] * (int(s) - 1) // 2)
+    x = input if isinstance(input, torch.Tensor) else None
+    w = weight if isinstance(weight, torch.Tensor) else None
+    xs = tuple(int(v) for v in (x.shape if x is not None else input))
+    ws = tuple(int(v) for v in (w.shape if w is not None else weight))
+    if len(xs) == 3:
+        xs = (1,) + xs
+        x = x.unsqueeze(0) if x is not None else None
+    if len(xs) != 4 or len(ws) != 4:
+        raise ValueError(f"fastconv.explain: expected an input [N, C, H, W] and a weight [K, C/groups, R, S], "
+                         f"got {list(xs)} and {list(ws)}")
+    if x is not None:
+        dtype, dev = x.dtype, x.device
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    else:
+        dtype = dtype or (w.dtype if w is not None else torch.float32)
+        dev = torch.device(device) if device is not None else (w.device if w is not None else torch.device("cpu"))
+    problem = ConvProblem(xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], _pair(stride), _pair(padding),
+                          _pair(dilation), int(groups), dtype, dev.type, bool(channels_last), dev.index)
+    return problem, x, w, bias, algo
+
+
+def _random_tensors(problem: ConvProblem, x, w):
+    dev = torch.device(problem.device_type, problem.device_index) if problem.device_index is not None \
+        else torch.device(problem.device_type)
+    fmt = torch.channels_last if problem.channels_last else torch.contiguous_format
+    if x is None:
+        x = torch.randn(problem.N, problem.C, problem.H, problem.W, dtype=problem.dtype, device=dev)
+        x = x.contiguous(memory_format=fmt)
+    if w is None:
+        w = torch.randn(problem.K, problem.C // problem.groups, problem.R, problem.S, dtype=problem.dtype, device=dev)
+    return x, w
+
+
+def explain(conv: Union[ConvProblem, torch.nn.Conv2d, torch.Tensor, Shape],
+            input: Union[torch.Tensor, Shape, None] = None, *, stride: Union[int, Shape] = 1,
+            padding: Union[int, Shape, str] = 0, dilation: Union[int, Shape] = 1, groups: int = 1,
+            dtype: Optional[torch.dtype] = None, device: Union[str, torch.device, None] = None,
+            channels_last: bool = False, tune: bool = False, verbose: bool = True) -> Explanation:
+    """Explains the algorithm choice for one convolution.
+
+    conv: a ConvProblem, a torch.nn.Conv2d (or fastconv.Conv2d; its own stride/padding/dilation/
+    groups are used), or a weight Tensor[K, C/groups, R, S] or its shape. input: Tensor[N, C, H, W]
+    or its shape (not needed for a ConvProblem). Shapes default to float32 on the CPU (or the
+    weight's dtype/device); `dtype`, `device` and `channels_last` override that. tune=True times the
+    candidates now (on the given tensors, or random ones of the shape) and stores the plan, even
+    with fastconv.backends.autotune off. Prints the explanation unless verbose=False; returns it."""
+    problem, x, w, b, forced = _problem_from(conv, input, stride, padding, dilation, groups, dtype, device,
+                                             channels_last)
+    if tune:
+        x, w = _random_tensors(problem, x, w)
+        if b is not None and b.dtype != x.dtype:
+            b = None
+    try:
+        choice = select(problem, x, w, b, tune=tune or None)
+    except (TypeError, NotImplementedError, RuntimeError) as e:
+        choice = Choice("(none)", "error", str(e), plans.device_name(problem), plans.problem_key(problem),
+                        algorithms.candidates(problem))
+    plan = choice.plan
+    infos = []
+    for name, why in choice.eligible.items():
+        t = algorithms.traits(name, problem.device_type)
+        infos.append(CandidateInfo(
+            name, why is None, why, t.deterministic,
+            algorithms.workspace_bytes(name, problem) if algorithms.can_implement(name, problem) else 0,
+            plan.times_ms.get(name) if plan else None, plan.rejected.get(name) if plan else None))
+    algo, source, reason = choice.algo, choice.source, choice.reason
+    if forced != "auto":
+        algo, source, reason = forced, "forced", f"the module's algo={forced!r} (auto would pick {choice.algo!r})"
+    ex = Explanation(problem, choice.device, choice.key, infos, algo, source, reason, choice.tuning,
+                     backends.settings())
+    if verbose:
+        print(ex)
+    return ex
+
+
+__all__ = ["explain", "Explanation", "CandidateInfo"]

@@ -1,0 +1,114 @@
+"""Convolution with a fused epilogue: torch.ops.fastconv.conv2d_fused, its autograd formula and the
+Python entry point conv2d_bias_act.
+
+    y = relu?( conv2d(x, w) · scale[k] + bias[k] + residual )
+
+scale and bias are per output channel (a folded batch norm: scale = γ/√(σ²+ε), bias = β − μ·scale),
+residual is a tensor of the output's size (a ResNet shortcut). On CUDA, algo="implicit_gemm" applies
+the whole epilogue inside the tensor-core GEMM kernel; every other algorithm runs the convolution and
+then the epilogue as one more pass.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from fastconv import _meta  # noqa: F401  (registers the fake kernel, see fastconv/_meta_fused.py)
+from fastconv import algorithms
+from fastconv.functional import IntOr2, _batched, _check_tensor, _pair, _same_padding
+
+ops = torch.ops.fastconv
+
+def _setup(ctx, inputs, output):
+    x, w, scale, bias, residual, stride, padding, dilation, groups, relu, algo = inputs
+    need_x, need_w, need_scale, need_bias, need_res = ctx.needs_input_grad[:5]
+    # conv(x, w) is needed again only for the scale gradient; it is recomputed then rather than kept
+    # alive for every fused layer (the op returns only y, and the common use is a frozen, folded BN).
+    ctx.save_for_backward(x if (need_w or need_scale) else None,
+                          w if (need_x or need_scale) else None,
+                          scale if (need_x or need_w) else None,
+                          output if relu else None)
+    ctx.params = (stride, padding, dilation, groups, algo)
+    ctx.x_shape, ctx.w_shape = x.shape, w.shape
+    ctx.scale_dtype = scale.dtype if scale is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.relu = relu
+
+
+def _channel_sum(t: Tensor, dtype: torch.dtype) -> Tensor:
+    # Reduced in at least float32 so a half gradient is not summed in half precision.
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return t.sum((0, 2, 3), dtype=acc).to(dtype)
+
+
+def _backward(ctx, g):
+    x, w, scale, out = ctx.saved_tensors
+    stride, padding, dilation, groups, algo = ctx.params
+    need_x, need_w, need_scale, need_bias, need_res = ctx.needs_input_grad[:5]
+    if ctx.relu:
+        g = g * (out > 0)  # torch's threshold_backward: zero where the output is <= 0 (or NaN)
+    g_res = g if need_res else None
+    g_bias = _channel_sum(g, ctx.bias_dtype) if need_bias else None
+    g_scale = None
+    if need_scale:
+        conv = ops.conv2d(x, w, None, stride, padding, dilation, groups, algo)
+        g_scale = _channel_sum(g * conv, ctx.scale_dtype)
+    g_x = g_w = None
+    if need_x or need_w:
+        gc = g if scale is None else (g * scale.view(1, -1, 1, 1)).to(g.dtype)
+        balgo = algorithms.backward_algo(algo, x.device.type)
+        if need_x:
+            g_x = ops.conv2d_dgrad(gc, w, list(ctx.x_shape), stride, padding, dilation, groups, balgo)
+        if need_w:
+            g_w = ops.conv2d_wgrad(gc, x, list(ctx.w_shape), stride, padding, dilation, groups, balgo)
+    return g_x, g_w, g_scale, g_bias, g_res, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::conv2d_fused", _backward, setup_context=_setup)
+
+
+def conv2d_bias_act(input: Tensor, weight: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                    residual: Optional[Tensor] = None, stride: IntOr2 = 1, padding: Union[IntOr2, str] = 0,
+                    dilation: IntOr2 = 1, groups: int = 1, relu: bool = False, *, algo: str = "auto") -> Tensor:
+    """relu?( conv2d(input, weight) · scale[:, None, None] + bias[:, None, None] + residual ), fused.
+
+    input Tensor[N, C, H, W] (or [C, H, W]), weight Tensor[K, C/groups, R, S], scale and bias Tensor[K]
+    or None, residual Tensor[N, K, P, Q] (or [K, P, Q]) or None -> Tensor[N, K, P, Q]. Differentiable
+    in every tensor argument. `algo` as for fastconv.functional.conv2d.
+    """
+    op = "conv2d_bias_act"
+    x, batched = _batched(input, op)
+    _check_tensor(weight, "weight", op)
+    for name, t in (("scale", scale), ("bias", bias), ("residual", residual)):
+        if t is not None:
+            _check_tensor(t, name, op)
+    if weight.dim() != 4:
+        raise RuntimeError(f"fastconv.{op}: expected a 4-D weight [K, C/groups, R, S], got weight of size "
+                           f"{list(weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"fastconv.{op}: groups must be an int, got {type(groups).__name__}")
+    stride_ = _pair(stride, "stride", op)
+    dilation_ = _pair(dilation, "dilation", op)
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0)
+        elif padding == "same":
+            x, pad = _same_padding(x, weight, stride_, dilation_, op)
+        else:
+            raise RuntimeError(f"fastconv.{op}: Invalid padding string '{padding}', should be one of "
+                               "['valid', 'same']")
+    else:
+        pad = _pair(padding, "padding", op)
+    if residual is not None and not batched:
+        residual = residual.unsqueeze(0)
+    problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
+    concrete = algorithms.resolve(algo, problem, x, weight, bias)
+    y = ops.conv2d_fused(x, weight, scale, bias, residual, list(stride_), list(pad), list(dilation_), groups,
+                         bool(relu), concrete)
+    return y if batched else y.squeeze(0)
+
+
+__all__ = ["conv2d_bias_act"]

@@ -1,0 +1,179 @@
+"""CUDA: the tensor-core implicit GEMM (algo="implicit_gemm") and conv2d_fused vs PyTorch (cuDNN).
+
+Accuracy rule (as tests/test_cuda_ops.py): at float16/bfloat16 our max error against an fp64 reference,
+relative to the reference's magnitude, must be at most 2x torch's own error at the same precision plus a
+small atol. float32 goes through the non-tensor-core algorithms here (implicit_gemm has no float path
+yet) with TF32 off. Every test is marked `cuda` and skipped without a GPU or a CUDA build.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv  # noqa: F401  (registers the ops)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+ops = torch.ops.fastconv
+DEV = "cuda"
+LOW = [torch.float16, torch.bfloat16]
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+LAYOUTS = ["nchw", "channels_last"]
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32():
+    from fastconv import _ext
+
+    if not _ext.built_with_cuda():
+        pytest.skip("fastconv was built without CUDA kernels")
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _randn(shape, seed: int, scale: float = 1.0, mean: float = 0.0) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale + mean).to(DEV)
+
+
+def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t.contiguous()
+
+
+def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+    return (a.double() - ref).abs().max().item() / scale if ref.numel() else 0.0
+
+
+def _assert_within_2x(name: str, ours: torch.Tensor, theirs: torch.Tensor, ref: torch.Tensor, dtype) -> None:
+    assert ours.shape == ref.shape, name
+    assert torch.isfinite(ours).all(), f"{name}: non-finite values"
+    eo, et = _rel_err(ours, ref), _rel_err(theirs, ref)
+    assert eo <= 2 * et + ATOL[dtype], f"{name}: our error {eo:.3g} > 2 x torch's {et:.3g} + {ATOL[dtype]}"
+
+
+# name, N, C, H, W, K, R, S, stride, padding, dilation, groups
+CONVS = [
+    ("stem_c3_7x7s2", 2, 3, 32, 30, 64, 7, 7, 2, 3, 1, 1),
+    ("3x3_c64", 2, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1),
+    ("3x3_c12_k10_tail", 3, 12, 9, 11, 10, 3, 3, 1, 1, 1, 1),
+    ("3x3s2_dil2", 2, 32, 17, 15, 40, 3, 3, 2, 2, 2, 1),
+    ("grouped_g4", 2, 64, 10, 10, 96, 3, 3, 1, 1, 1, 4),
+    ("1x1s2_c136", 2, 136, 12, 12, 72, 1, 1, 2, 0, 1, 1),
+    ("1x1_large_tile", 8, 64, 28, 28, 1000, 1, 1, 1, 0, 1, 1),
+]
+
+
+def _conv_inputs(cfg, layout, seed=0):
+    _, n, c, h, w, k, r, s, stride, pad, dil, groups = cfg
+    x = _layout(_randn((n, c, h, w), seed), layout)
+    wt = _layout(_randn((k, c // groups, r, s), seed + 1, scale=(c // groups * r * s) ** -0.5), layout)
+    return x, wt, [stride, stride], [pad, pad], [dil, dil], groups
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["f16", "bf16"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cfg", CONVS, ids=[c[0] for c in CONVS])
+def test_implicit_gemm_conv2d(cfg, layout, dtype):
+    x, w, stride, pad, dil, groups = _conv_inputs(cfg, layout)
+    b = _randn((w.shape[0],), 7)
+    ref = F.conv2d(x, w, b, stride, pad, dil, groups)
+    theirs = F.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), stride, pad, dil, groups)
+    ours = ops.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), stride, pad, dil, groups, "implicit_gemm")
+    assert ours.dtype == dtype
+    _assert_within_2x("conv2d", ours, theirs, ref, dtype)
+    assert ours.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                              else torch.contiguous_format)
+
+
+def _fused_ref(x, w, scale, bias, res, stride, pad, dil, groups, relu):
+    y = F.conv2d(x, w, None, stride, pad, dil, groups)
+    if scale is not None:
+        y = y * scale.to(y.dtype).view(1, -1, 1, 1)
+    if bias is not None:
+        y = y + bias.to(y.dtype).view(1, -1, 1, 1)
+    if res is not None:
+        y = y + res
+    return F.relu(y) if relu else y
+
+
+def _fused_run(fn, x, w, scale, bias, res, dtype, grad_seed):
+    ins = [x.detach().to(dtype).requires_grad_(), w.detach().to(dtype).requires_grad_(),
+           None if scale is None else scale.detach().float().requires_grad_(),
+           None if bias is None else bias.detach().float().requires_grad_(),
+           None if res is None else res.detach().to(dtype).requires_grad_()]
+    y = fn(*ins)
+    y.backward(_randn(y.shape, grad_seed).to(y.dtype))
+    return y.detach(), [None if t is None else t.grad for t in ins]
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["f16", "bf16"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cfg", [CONVS[0], CONVS[1], CONVS[2], CONVS[4]], ids=lambda c: c[0])
+@pytest.mark.parametrize("algo", ["implicit_gemm", "im2col"])
+def test_conv2d_fused(cfg, layout, dtype, algo):
+    x, w, stride, pad, dil, groups = _conv_inputs(cfg, layout)
+    k = w.shape[0]
+    scale = _randn((k,), 3, scale=0.25, mean=1.0)
+    bias = _randn((k,), 4)
+    p = (x.shape[2] + 2 * pad[0] - dil[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
+    q = (x.shape[3] + 2 * pad[1] - dil[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
+    res = _layout(_randn((x.shape[0], k, p, q), 5), layout)
+
+    def ours(x, w, sc, b, r):
+        return ops.conv2d_fused(x, w, sc, b, r, stride, pad, dil, groups, True, algo)
+
+    def ref(x, w, sc, b, r):
+        return _fused_ref(x, w, sc, b, r, stride, pad, dil, groups, True)
+
+    r_out, r_grads = _fused_run(ref, x, w, scale, bias, res, torch.float64, 11)
+    t_out, t_grads = _fused_run(ref, x, w, scale, bias, res, dtype, 11)
+    o_out, o_grads = _fused_run(ours, x, w, scale, bias, res, dtype, 11)
+    assert o_out.dtype == dtype
+    _assert_within_2x("output", o_out, t_out, r_out, dtype)
+    for name, o, t, r in zip(["x", "w", "scale", "bias", "residual"], o_grads, t_grads, r_grads):
+        _assert_within_2x(f"grad {name}", o, t, r, dtype)
+
+
+def test_conv2d_fused_float32_other_algo():
+    x, w, stride, pad, dil, groups = _conv_inputs(CONVS[2], "channels_last")
+    k = w.shape[0]
+    scale, bias = _randn((k,), 3, 0.25, 1.0).float(), _randn((k,), 4).float()
+    ours = ops.conv2d_fused(x.float(), w.float(), scale, bias, None, stride, pad, dil, groups, True, "direct")
+    ref = _fused_ref(x, w, scale.double(), bias.double(), None, stride, pad, dil, groups, True)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_implicit_gemm_unsupported_raise_clearly():
+    x, w, stride, pad, dil, groups = _conv_inputs(CONVS[1], "channels_last")
+    xh, wh = x.half(), w.half()
+    y = ops.conv2d(xh, wh, None, stride, pad, dil, groups, "implicit_gemm")
+    with pytest.raises(NotImplementedError, match="implicit_gemm"):
+        ops.conv2d_dgrad(y, wh, list(x.shape), stride, pad, dil, groups, "implicit_gemm")
+    with pytest.raises(NotImplementedError, match="implicit_gemm"):
+        ops.conv2d_wgrad(y, xh, list(w.shape), stride, pad, dil, groups, "implicit_gemm")
+    with pytest.raises(NotImplementedError, match="implicit_gemm"):
+        ops.conv2d(x.float(), w.float(), None, stride, pad, dil, groups, "implicit_gemm")
+    with pytest.raises(TypeError, match="implicit_gemm"):
+        ops.conv2d_fused(x.float(), w.float(), None, None, None, stride, pad, dil, groups, False, "implicit_gemm")
+
+
+def test_conv2d_fused_autograd_through_implicit_gemm():
+    # The backward of an implicit_gemm forward runs on im2col (no dgrad/wgrad kernels yet).
+    x, w, stride, pad, dil, groups = _conv_inputs(CONVS[1], "channels_last")
+    xh = x.half().requires_grad_()
+    wh = w.half().requires_grad_()
+    y = fastconv.fused.conv2d_bias_act(xh, wh, None, None, None, stride, pad, dil, groups, True,
+                                       algo="implicit_gemm")
+    y.sum().backward()
+    assert xh.grad is not None and wh.grad is not None
+    assert torch.isfinite(xh.grad).all() and torch.isfinite(wh.grad).all()
