@@ -121,3 +121,16 @@ def test_autocast_inside_compiled_model():
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), step(ref, x).float(), rtol=5e-2, atol=5e-2)
     y.float().sum().backward()
+
+
+def test_fused_conv_under_autocast():
+    from fastconv.fused import conv2d_bias_act
+
+    x, w, scale, bias = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.rand(6) + 0.5, torch.randn(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv2d_bias_act(x, w, scale, bias, None, padding=1, relu=True)
+    # Reference: the bf16-rounded activation and weight, scale and bias kept in float32.
+    ref = F.conv2d(x.bfloat16().float(), w.bfloat16().float(), padding=1)
+    ref = torch.relu(ref * scale[:, None, None] + bias[:, None, None])
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
