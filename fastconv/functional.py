@@ -72,6 +72,49 @@ def _same_padding(input: Tensor, weight: Tensor, stride, dilation, op: str) -> T
     return input, (pads[0], pads[1])
 
 
+def _conv_prologue(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: IntOr2,
+                   padding: Union[IntOr2, str], dilation: IntOr2, groups: int, algo: str, op: str):
+    """Checks and normalises conv arguments as torch does and picks the algorithm.
+    Returns (x as 4-D, batched, stride, padding, dilation, concrete algorithm)."""
+    x, batched = _batched(input, op)
+    _check_tensor(weight, "weight", op)
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+    if weight.dim() != 4:
+        raise RuntimeError(f"fastconv.{op}: expected a 4-D weight [K, C/groups, R, S], got weight of size "
+                           f"{list(weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"fastconv.{op}: groups must be an int, got {type(groups).__name__}")
+    if groups <= 0:
+        raise RuntimeError(f"fastconv.{op}: non-positive groups is not supported")
+    stride_ = _pair(stride, "stride", op)
+    dilation_ = _pair(dilation, "dilation", op)
+    if min(stride_) <= 0:
+        raise RuntimeError(f"fastconv.{op}: non-positive stride is not supported, got stride={stride_}")
+    if min(dilation_) <= 0:
+        raise RuntimeError(f"fastconv.{op}: dilation should be greater than zero, got dilation={dilation_}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0)
+        elif padding == "same":
+            x, pad = _same_padding(x, weight, stride_, dilation_, op)
+        else:
+            raise RuntimeError(f"fastconv.{op}: Invalid padding string '{padding}', should be one of "
+                               "['valid', 'same']")
+    else:
+        pad = _pair(padding, "padding", op)
+        if min(pad) < 0:
+            raise RuntimeError(f"fastconv.{op}: negative padding is not supported, got padding={pad}")
+    problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
+    dtype = _autocast.op_dtype(x)
+    if dtype != problem.dtype:  # under autocast the op computes in another dtype than x's
+        problem = dataclasses.replace(problem, dtype=dtype)
+        concrete = algorithms.resolve(algo, problem)  # (x is not what the op will see: nothing to time on)
+    else:
+        concrete = algorithms.resolve(algo, problem, x, weight, bias)
+    return x, batched, stride_, pad, dilation_, concrete
+
+
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOr2 = 1,
            padding: Union[IntOr2, str] = 0, dilation: IntOr2 = 1, groups: int = 1, *, algo: str = "auto") -> Tensor:
     """2-D convolution, as torch.nn.functional.conv2d.
@@ -83,42 +126,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     if has_torch_function_variadic(input, weight, bias):  # torch.fx proxies, tensor subclasses
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups, algo=algo)
-    x, batched = _batched(input, "conv2d")
-    _check_tensor(weight, "weight", "conv2d")
-    if bias is not None:
-        _check_tensor(bias, "bias", "conv2d")
-    if weight.dim() != 4:
-        raise RuntimeError(f"fastconv.conv2d: expected a 4-D weight [K, C/groups, R, S], got weight of size "
-                           f"{list(weight.shape)}")
-    if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"fastconv.conv2d: groups must be an int, got {type(groups).__name__}")
-    if groups <= 0:
-        raise RuntimeError("fastconv.conv2d: non-positive groups is not supported")
-    stride_ = _pair(stride, "stride", "conv2d")
-    dilation_ = _pair(dilation, "dilation", "conv2d")
-    if min(stride_) <= 0:
-        raise RuntimeError(f"fastconv.conv2d: non-positive stride is not supported, got stride={stride_}")
-    if min(dilation_) <= 0:
-        raise RuntimeError(f"fastconv.conv2d: dilation should be greater than zero, got dilation={dilation_}")
-    if isinstance(padding, str):
-        if padding == "valid":
-            pad = (0, 0)
-        elif padding == "same":
-            x, pad = _same_padding(x, weight, stride_, dilation_, "conv2d")
-        else:
-            raise RuntimeError(f"fastconv.conv2d: Invalid padding string '{padding}', should be one of "
-                               "['valid', 'same']")
-    else:
-        pad = _pair(padding, "padding", "conv2d")
-        if min(pad) < 0:
-            raise RuntimeError(f"fastconv.conv2d: negative padding is not supported, got padding={pad}")
-    problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
-    dtype = _autocast.op_dtype(x)
-    if dtype != problem.dtype:  # under autocast the op computes in another dtype than x's
-        problem = dataclasses.replace(problem, dtype=dtype)
-        concrete = algorithms.resolve(algo, problem)  # (x is not what the op will see: nothing to time on)
-    else:
-        concrete = algorithms.resolve(algo, problem, x, weight, bias)
+    x, batched, stride_, pad, dilation_, concrete = _conv_prologue(input, weight, bias, stride, padding, dilation,
+                                                                   groups, algo, "conv2d")
     y = ops.conv2d(x, weight, bias, list(stride_), list(pad), list(dilation_), groups, concrete)
     return y if batched else y.squeeze(0)
 

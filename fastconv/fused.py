@@ -18,7 +18,9 @@ from torch import Tensor
 
 from fastconv import _meta  # noqa: F401  (registers the fake kernel, see fastconv/_meta_fused.py)
 from fastconv import algorithms
-from fastconv.functional import IntOr2, _batched, _check_tensor, _pair, _same_padding
+from torch.overrides import handle_torch_function, has_torch_function_variadic
+
+from fastconv.functional import IntOr2, _check_tensor, _conv_prologue
 
 ops = torch.ops.fastconv
 
@@ -79,33 +81,17 @@ def conv2d_bias_act(input: Tensor, weight: Tensor, scale: Optional[Tensor] = Non
     or None, residual Tensor[N, K, P, Q] (or [K, P, Q]) or None -> Tensor[N, K, P, Q]. Differentiable
     in every tensor argument. `algo` as for fastconv.functional.conv2d.
     """
+    if has_torch_function_variadic(input, weight, scale, bias, residual):  # torch.fx proxies, subclasses
+        return handle_torch_function(conv2d_bias_act, (input, weight, scale, bias, residual), input, weight, scale,
+                                     bias, residual, stride, padding, dilation, groups, relu, algo=algo)
     op = "conv2d_bias_act"
-    x, batched = _batched(input, op)
-    _check_tensor(weight, "weight", op)
-    for name, t in (("scale", scale), ("bias", bias), ("residual", residual)):
+    for name, t in (("scale", scale), ("residual", residual)):
         if t is not None:
             _check_tensor(t, name, op)
-    if weight.dim() != 4:
-        raise RuntimeError(f"fastconv.{op}: expected a 4-D weight [K, C/groups, R, S], got weight of size "
-                           f"{list(weight.shape)}")
-    if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"fastconv.{op}: groups must be an int, got {type(groups).__name__}")
-    stride_ = _pair(stride, "stride", op)
-    dilation_ = _pair(dilation, "dilation", op)
-    if isinstance(padding, str):
-        if padding == "valid":
-            pad = (0, 0)
-        elif padding == "same":
-            x, pad = _same_padding(x, weight, stride_, dilation_, op)
-        else:
-            raise RuntimeError(f"fastconv.{op}: Invalid padding string '{padding}', should be one of "
-                               "['valid', 'same']")
-    else:
-        pad = _pair(padding, "padding", op)
+    x, batched, stride_, pad, dilation_, concrete = _conv_prologue(input, weight, bias, stride, padding, dilation,
+                                                                   groups, algo, op)
     if residual is not None and not batched:
         residual = residual.unsqueeze(0)
-    problem = algorithms.ConvProblem.from_tensors(x, weight, stride_, pad, dilation_, groups)
-    concrete = algorithms.resolve(algo, problem, x, weight, bias)
     y = ops.conv2d_fused(x, weight, scale, bias, residual, list(stride_), list(pad), list(dilation_), groups,
                          bool(relu), concrete)
     return y if batched else y.squeeze(0)

@@ -154,3 +154,18 @@ def test_errors():
     with pytest.raises(TypeError, match="algo"):
         conv2d_bias_act(x, w, algo=3)
     assert "conv2d_bias_act" in fastconv.fused.__all__
+
+
+def test_conv2d_bias_act_under_cpu_autocast_matches_torch():
+    # A bfloat16 activation under CPU autocast: the conv computes from bf16-rounded operands like torch's.
+    import torch.nn.functional as F
+
+    from fastconv.fused import conv2d_bias_act
+
+    x = torch.randn(2, 4, 8, 8).bfloat16()
+    w, b = torch.randn(6, 4, 3, 3), torch.randn(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = conv2d_bias_act(x, w, None, b, None, padding=1, relu=True)
+        ref = torch.relu(F.conv2d(x, w, b, padding=1))
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
