@@ -11,6 +11,18 @@ from fastconv import _ext
 from fastconv.algorithms import available_algorithms
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def build_info() -> Dict[str, Any]:
     """A dict: fastconv and torch versions, whether CUDA kernels were built and for which archs,
     the visible GPU (if any), and the algorithms available per device type."""

@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from fastconv.algorithms import ConvProblem
+from fastconv.info import cpu_name
 
 FORMAT = "fastconv-plans"
 FORMAT_VERSION = 1
@@ -84,21 +85,8 @@ def problem_key(p: ConvProblem, direction: str = "fprop") -> str:
             f"dil{p.dilation[0]}x{p.dilation[1]} g{p.groups} {direction}")
 
 
-def _read_cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "unknown"
-
-
 # Read once at import: a constant of the machine (and torch.compile cannot trace file reads).
-_CPU_MODEL = _read_cpu_model()
+_CPU_MODEL = cpu_name()
 
 
 @functools.lru_cache(maxsize=None)

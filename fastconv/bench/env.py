@@ -13,6 +13,7 @@ import subprocess
 from typing import Any, Dict, Optional
 
 import torch
+from fastconv.info import cpu_name
 
 # name substring -> datasheet roofs: TFLOP/s per dtype ("fp32" is the non-tensor-core FP32 rate,
 # "tf32"/"fp16"/"bf16" the dense tensor-core rates) and memory bandwidth in GB/s.
@@ -42,17 +43,6 @@ def git_commit(root: Optional[str] = None) -> Dict[str, Any]:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> Dict[str, Any]:
     """Device name, SM count, driver/CUDA/cuDNN/torch versions, TF32 state, git commit, date and
     fastconv's build info."""
@@ -65,7 +55,7 @@ def environment(device: torch.device) -> Dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "fastconv": fastconv.__version__,

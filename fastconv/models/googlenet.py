@@ -32,6 +32,15 @@ __all__ = ["GoogLeNet", "GoogLeNetOutputs", "BasicConv2d", "Inception", "Incepti
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
 
 
+
+def transform_input(x: Tensor) -> Tensor:
+    """torchvision's transform_input: ImageNet mean/std-normalised input -> the (x - 0.5) / 0.5
+    scaling its GoogLeNet and Inception-v3 weights were trained with."""
+    x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+    x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+    x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+    return torch.cat((x_ch0, x_ch1, x_ch2), 1)
+
 class BasicConv2d(nn.Module):
     """relu(bn(conv(x))) (conv without bias), or relu(conv(x)) with a biased conv when batch_norm=False."""
 
@@ -149,13 +158,7 @@ class GoogLeNet(nn.Module):
                     nn.init.constant_(m.bias, 0)
 
     def _transform_input(self, x: Tensor) -> Tensor:
-        # torchvision: inputs normalised with ImageNet mean/std -> the (x - 0.5) / 0.5 its weights expect.
-        if self.transform_input:
-            x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-            x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-            x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-            x = torch.cat((x_ch0, x_ch1, x_ch2), 1)
-        return x
+        return transform_input(x) if self.transform_input else x
 
     def forward(self, x: Tensor):
         x = self._transform_input(x)

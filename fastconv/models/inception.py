@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fastconv.models._registry import register_model
 from fastconv.models.googlenet import BasicConv2d
 from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from fastconv.models.googlenet import transform_input
 
 __all__ = ["Inception3", "InceptionOutputs", "inception_v3"]
 
@@ -196,12 +197,7 @@ class Inception3(nn.Module):
                     nn.init.constant_(m.bias, 0)
 
     def _transform_input(self, x: Tensor) -> Tensor:
-        if self.transform_input:
-            x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-            x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-            x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-            x = torch.cat((x_ch0, x_ch1, x_ch2), 1)
-        return x
+        return transform_input(x) if self.transform_input else x
 
     def forward(self, x: Tensor):
         x = self._transform_input(x)
