@@ -871,7 +871,9 @@ void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const 
                    acc);
   const int64_t C = save_mean.numel();
   TORCH_CHECK(save_mean.dim() == 1, "fastconv.", op, ": expected 1-D save_mean, got ", save_mean.sizes());
-  TORCH_CHECK(count > 0, "fastconv.", op, ": count must be positive, got ", count);
+  // count == 0 (an empty batch in training) must be a no-op, as on the CPU and in torch: functional
+  // batch_norm calls this after a training forward on an (0, C, ...) input.
+  TORCH_CHECK(count >= 0, "fastconv.", op, ": count must be non-negative, got ", count);
   check_bn_param(batch_var, "batch_var", C, op);
   TORCH_CHECK(running_mean.dim() == 1 && running_mean.size(0) == C && running_var.dim() == 1 &&
                   running_var.size(0) == C,
@@ -880,7 +882,7 @@ void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const 
 
   c10::cuda::CUDAGuard guard(running_mean.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (C == 0) return;
+  if (C == 0 || count == 0) return;
 
   const at::Tensor sm = save_mean.contiguous();
   const at::Tensor bv = as_acc(batch_var, acc);
