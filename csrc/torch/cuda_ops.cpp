@@ -812,7 +812,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   check_bn_param(mean, "mean", C, op);
   check_bn_param(invstd, "invstd", C, op);
   // dweight/dbias come back in the parameters' dtype (float under AMP, half for a .half() model).
-  const at::ScalarType param_dtype = defined(weight) ? weight->scalar_type() : input.scalar_type();
+  // Without a weight: the accumulation dtype, as the fake kernel (fastconv/_meta.py) promises; the
+  // input dtype here made db half for half input under compile/opcheck where the fake says float.
+  const at::ScalarType param_dtype = defined(weight) ? weight->scalar_type() : acc;
 
   c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
