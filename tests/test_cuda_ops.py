@@ -330,6 +330,7 @@ AVGPOOL = [  # (name, shape, kernel, stride, padding, ceil_mode, count_include_p
     ("ceil_nopad", (2, 5, 9, 11), 3, 2, 1, True, False, None),
     ("ceil_pad", (2, 5, 9, 11), 3, 2, 1, True, True, None),
     ("divisor", (2, 3, 7, 7), 3, 2, 1, False, True, 5),
+    ("neg_divisor", (2, 3, 7, 7), 3, 2, 1, False, True, -4),  # torch divides by it; <= 0 means none inside
     ("partial", (2, 3, 7, 7), 5, 3, 0, True, True, None),
     ("map1x1", (2, 4, 1, 1), 1, 1, 0, False, True, None),
     ("rect", (1, 6, 8, 13), (2, 4), (3, 2), (1, 2), True, False, None),
