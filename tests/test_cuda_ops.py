@@ -274,7 +274,9 @@ def test_conv2d_empty_batch(algo):
     assert x.grad.shape == x.shape and torch.all(w.grad == 0)
 
 
-@pytest.mark.parametrize("limit_mb", ["1", "0"])
+# One image's column buffer here is 64·9·56·56·4 B = 6.9 MiB: 16 MiB fits 2 of the 4 images (two
+# chunks), 0 fits none (refusal). A 1 MiB limit, used before, refused too and never tested chunking.
+@pytest.mark.parametrize("limit_mb", ["16", "0"])
 def test_conv2d_im2col_small_workspace(monkeypatch, limit_mb):
     """im2col chunks the batch to fit the workspace limit, or refuses (NotImplementedError)."""
     case = Conv("r50_l1_3x3_b4", 4, 64, 56, 56, 64, 3, 3, padding=1, bias=False)
@@ -283,8 +285,9 @@ def test_conv2d_im2col_small_workspace(monkeypatch, limit_mb):
     try:
         y = torch.ops.fastconv.conv2d(x.float(), w.float(), None, [1, 1], [1, 1], [1, 1], 1, "im2col")
     except NotImplementedError as e:
-        assert "im2col" in str(e)
+        assert limit_mb == "0" and "im2col" in str(e)
         return
+    assert limit_mb != "0", "a zero workspace limit must refuse"
     ref = F.conv2d(x, w, padding=1)
     assert _rel_err(y, ref) <= 1e-5
 
@@ -327,6 +330,7 @@ AVGPOOL = [  # (name, shape, kernel, stride, padding, ceil_mode, count_include_p
     ("ceil_nopad", (2, 5, 9, 11), 3, 2, 1, True, False, None),
     ("ceil_pad", (2, 5, 9, 11), 3, 2, 1, True, True, None),
     ("divisor", (2, 3, 7, 7), 3, 2, 1, False, True, 5),
+    ("neg_divisor", (2, 3, 7, 7), 3, 2, 1, False, True, -4),  # torch divides by it; <= 0 means none inside
     ("partial", (2, 3, 7, 7), 5, 3, 0, True, True, None),
     ("map1x1", (2, 4, 1, 1), 1, 1, 0, False, True, None),
     ("rect", (1, 6, 8, 13), (2, 4), (3, 2), (1, 2), True, False, None),

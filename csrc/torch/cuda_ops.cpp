@@ -515,10 +515,14 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   return dx;
 }
 
-int64_t divisor_or_zero(const std::optional<int64_t>& d, const char* op) {
-  if (!d.has_value()) return 0;  // the launchers read <= 0 as "no override"
+// The launchers read <= 0 as "no override", so a negative override (torch divides by it) was
+// silently ignored: pass its magnitude and negate the result (exact in IEEE), as the CPU binding does.
+int64_t divisor_or_zero(const std::optional<int64_t>& d, const char* op, bool* negate) {
+  *negate = false;
+  if (!d.has_value()) return 0;
   TORCH_CHECK(*d != 0, "fastconv.", op, ": divisor must be not zero");
-  return *d;
+  *negate = *d < 0;
+  return *negate ? -*d : *d;
 }
 
 at::Tensor avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -529,7 +533,8 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size, 
   check_pool_input(self, op);
   check_same_cuda(op, {{"input", &self}});
   check_dtype(self, op, "avg_pool2d_fwd", true);
-  const int64_t divisor = divisor_or_zero(divisor_override, op);
+  bool negate = false;
+  const int64_t divisor = divisor_or_zero(divisor_override, op, &negate);
   const int64_t one[2] = {1, 1};
   Pool2dShape s = pool_shape(self, kernel_size, stride, padding, one, ceil_mode, false, op);
 
@@ -547,6 +552,7 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size, 
     check_cuda(cuda::avg_pool2d_fwd<T>(s, count_include_pad, divisor, cptr<T>(x), ptr<T>(y), stream), op,
                "avg_pool2d_fwd");
   });
+  if (negate) y.neg_();
   return y;
 }
 
@@ -558,7 +564,8 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   check_pool_input(self, op);
   check_same_cuda(op, {{"grad_output", &grad_output}, {"input", &self}});
   check_dtype(grad_output, op, "avg_pool2d_bwd", true);
-  const int64_t divisor = divisor_or_zero(divisor_override, op);
+  bool negate = false;
+  const int64_t divisor = divisor_or_zero(divisor_override, op, &negate);
   const int64_t one[2] = {1, 1};
   Pool2dShape s = pool_shape(self, kernel_size, stride, padding, one, ceil_mode, false, op);
   check_pool_grad(grad_output, s, op);
@@ -577,6 +584,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
     check_cuda(cuda::avg_pool2d_bwd<T>(s, count_include_pad, divisor, cptr<T>(dy), ptr<T>(dx), stream), op,
                "avg_pool2d_bwd");
   });
+  if (negate) dx.neg_();
   return dx;
 }
 
@@ -812,7 +820,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   check_bn_param(mean, "mean", C, op);
   check_bn_param(invstd, "invstd", C, op);
   // dweight/dbias come back in the parameters' dtype (float under AMP, half for a .half() model).
-  const at::ScalarType param_dtype = defined(weight) ? weight->scalar_type() : input.scalar_type();
+  // Without a weight: the accumulation dtype, as the fake kernel (fastconv/_meta.py) promises; the
+  // input dtype here made db half for half input under compile/opcheck where the fake says float.
+  const at::ScalarType param_dtype = defined(weight) ? weight->scalar_type() : acc;
 
   c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -871,7 +881,9 @@ void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const 
                    acc);
   const int64_t C = save_mean.numel();
   TORCH_CHECK(save_mean.dim() == 1, "fastconv.", op, ": expected 1-D save_mean, got ", save_mean.sizes());
-  TORCH_CHECK(count > 0, "fastconv.", op, ": count must be positive, got ", count);
+  // count == 0 (an empty batch in training) must be a no-op, as on the CPU and in torch: functional
+  // batch_norm calls this after a training forward on an (0, C, ...) input.
+  TORCH_CHECK(count >= 0, "fastconv.", op, ": count must be non-negative, got ", count);
   check_bn_param(batch_var, "batch_var", C, op);
   TORCH_CHECK(running_mean.dim() == 1 && running_mean.size(0) == C && running_var.dim() == 1 &&
                   running_var.size(0) == C,
@@ -880,7 +892,7 @@ void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const 
 
   c10::cuda::CUDAGuard guard(running_mean.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (C == 0) return;
+  if (C == 0 || count == 0) return;
 
   const at::Tensor sm = save_mean.contiguous();
   const at::Tensor bv = as_acc(batch_var, acc);
