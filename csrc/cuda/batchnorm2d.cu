@@ -52,31 +52,6 @@ static_assert((BnConfig::kThreads & (BnConfig::kThreads - 1)) == 0,
               "the shared-memory merge tree needs a power-of-two block.");
 static_assert(BnConfig::kMaxSplits <= 65535, "splits index gridDim.y.");
 
-template <typename T> constexpr int kVecWidth = static_cast<int>(16 / sizeof(T));
-template <typename T, int V> struct alignas(sizeof(T) * V) Pack { T v[V]; };
-
-template <typename T, int V>
-__device__ __forceinline__ void load_pack(const T* __restrict__ p, AccT<T> (&out)[V]) {
-  if constexpr (V == 1) {
-    out[0] = to_acc<T>(p[0]);
-  } else {
-    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-    for (int j = 0; j < V; ++j) out[j] = to_acc<T>(pk.v[j]);
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_pack(T* __restrict__ p, const AccT<T> (&in)[V]) {
-  if constexpr (V == 1) {
-    p[0] = from_acc<T>(in[0]);
-  } else {
-    Pack<T, V> pk;
-#pragma unroll
-    for (int j = 0; j < V; ++j) pk.v[j] = from_acc<T>(in[j]);
-    *reinterpret_cast<Pack<T, V>*>(p) = pk;
-  }
-}
 
 // a / d for 0 <= a, d >= 1 without the 64-bit division subroutine (whose call spills registers):
 // a double-reciprocal estimate, then exact integer correction, so the result is always exact.

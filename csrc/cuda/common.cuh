@@ -22,6 +22,34 @@ template <typename T> __device__ __forceinline__ T from_acc(AccT<T> v) { return 
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// Elements per 16-byte vector access, and V elements moved as one aligned access. V > 1 is only
+// used where the launcher has proven unit stride and 16-byte alignment.
+template <typename T> constexpr int kVecWidth = static_cast<int>(16 / sizeof(T));
+template <typename T, int V> struct alignas(sizeof(T) * V) Pack { T v[V]; };
+
+template <typename T, int V>
+__device__ __forceinline__ void load_pack(const T* __restrict__ p, AccT<T> (&out)[V]) {
+  if constexpr (V == 1) {
+    out[0] = to_acc<T>(p[0]);
+  } else {
+    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[j] = to_acc<T>(pk.v[j]);
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_pack(T* __restrict__ p, const AccT<T> (&in)[V]) {
+  if constexpr (V == 1) {
+    p[0] = from_acc<T>(in[0]);
+  } else {
+    Pack<T, V> pk;
+#pragma unroll
+    for (int j = 0; j < V; ++j) pk.v[j] = from_acc<T>(in[j]);
+    *reinterpret_cast<Pack<T, V>*>(p) = pk;
+  }
+}
+
 // Grid size for a grid-stride loop over `total` items: enough blocks to fill the GPU, capped so
 // 64-bit totals never overflow gridDim.x.
 inline unsigned int grid_for(int64_t total, int threads, int64_t max_blocks = 65535LL * 8) {

@@ -50,34 +50,6 @@ static_assert(PoolConfig::kGlobalLanes * PoolConfig::kGlobalRows == PoolConfig::
               "the global-average NHWC block must have kThreads threads.");
 static_assert(PoolConfig::kThreads % 32 == 0, "blocks are whole warps.");
 
-// Channels moved per thread by the vectorised NHWC path: one 16-byte access.
-template <typename T> constexpr int kVecWidth = static_cast<int>(16 / sizeof(T));
-
-template <typename T, int V> struct alignas(sizeof(T) * V) Pack { T v[V]; };
-
-// V > 1 is only instantiated for unit channel stride and 16-byte aligned addresses (vec_ok).
-template <typename T, int V>
-__device__ __forceinline__ void load_pack(const T* __restrict__ p, AccT<T> (&out)[V]) {
-  if constexpr (V == 1) {
-    out[0] = to_acc<T>(p[0]);
-  } else {
-    const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-    for (int j = 0; j < V; ++j) out[j] = to_acc<T>(pk.v[j]);
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_pack(T* __restrict__ p, const AccT<T> (&in)[V]) {
-  if constexpr (V == 1) {
-    p[0] = from_acc<T>(in[0]);
-  } else {
-    Pack<T, V> pk;
-#pragma unroll
-    for (int j = 0; j < V; ++j) pk.v[j] = from_acc<T>(in[j]);
-    *reinterpret_cast<Pack<T, V>*>(p) = pk;
-  }
-}
 
 // 32-bit floor / ceil division for b > 0 and any sign of a.
 __device__ __forceinline__ int floor_div32(int a, int b) {
