@@ -16,6 +16,7 @@
 // wgrad accumulates in an FP32 workspace over chunks (beta = 0 first, 1 after); NCHW packs dy and x
 // to [channels][n][pq] so a single GEMM per chunk reduces over all its pixels.
 #include "common.cuh"
+#include "gemm_groups.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -155,30 +156,6 @@ cudaError_t launch_gather(const T* src, const Strides4& st, int64_t Q, int64_t s
   return launch_status();
 }
 
-// NCHW GEMM per (group, image), batched over whichever of the two is larger.
-struct GemmCall {
-  int64_t M, N, K, lda, ldb, ldc;
-  bool ta, tb;
-  int64_t a_g, a_n, b_g, b_n, c_g, c_n;
-};
-template <typename T>
-cudaError_t gemm_groups_images(const GemmCall& gc, int64_t groups, int64_t images, const T* a, const T* b, T* c,
-                               float beta, cudaStream_t stream) {
-  if (groups >= images) {
-    for (int64_t n = 0; n < images; ++n) {
-      cudaError_t e = gemm_simt<T, T>(gc.M, gc.N, gc.K, a + n * gc.a_n, gc.lda, gc.ta, b + n * gc.b_n, gc.ldb, gc.tb,
-                                      c + n * gc.c_n, gc.ldc, 1.f, beta, groups, gc.a_g, gc.b_g, gc.c_g, stream);
-      if (e != cudaSuccess) return e;
-    }
-  } else {
-    for (int64_t g = 0; g < groups; ++g) {
-      cudaError_t e = gemm_simt<T, T>(gc.M, gc.N, gc.K, a + g * gc.a_g, gc.lda, gc.ta, b + g * gc.b_g, gc.ldb, gc.tb,
-                                      c + g * gc.c_g, gc.ldc, 1.f, beta, images, gc.a_n, gc.b_n, gc.c_n, stream);
-      if (e != cudaSuccess) return e;
-    }
-  }
-  return cudaSuccess;
-}
 
 }  // namespace
 
@@ -227,11 +204,11 @@ cudaError_t conv2d_gemm1x1_fprop(const Conv2dShape& s, const T* x, const T* w, c
     } else if (gather) {
       // y[n][g·Kg + k][pq] = sum_c W[g·Kg + k][c] · buf[g·Cg + c][n][pq].
       const GemmCall gc{Kg, PQ, Cg, Cg, nb * PQ, PQ, false, false, Kg * Cg, 0, Cg * nb * PQ, PQ, Kg * PQ, s.K * PQ};
-      e = gemm_groups_images<T>(gc, G, nb, w, buf, yc, beta, stream);
+      e = gemm_groups_images<T, T>(gc, G, nb, w, buf, yc, beta, stream);
     } else {
       // y[n][g·Kg + k][pq] = sum_c W[g·Kg + k][c] · x[n][g·Cg + c][pq]  (PQ == HW at stride 1).
       const GemmCall gc{Kg, PQ, Cg, Cg, HW, PQ, false, false, Kg * Cg, 0, Cg * HW, s.C * HW, Kg * PQ, s.K * PQ};
-      e = gemm_groups_images<T>(gc, G, nb, w, x + n0 * s.x.n, yc, beta, stream);
+      e = gemm_groups_images<T, T>(gc, G, nb, w, x + n0 * s.x.n, yc, beta, stream);
     }
     if (e != cudaSuccess) return e;
   }
@@ -261,11 +238,11 @@ cudaError_t conv2d_gemm1x1_dgrad(const Conv2dShape& s, const T* dy, const T* w, 
     } else if (scatter) {
       // buf[g·Cg + c][n][pq] = sum_k W[g·Kg + k][c] · dy[n][g·Kg + k][pq].
       const GemmCall gc{Cg, PQ, Kg, Cg, PQ, nb * PQ, true, false, Kg * Cg, 0, Kg * PQ, s.K * PQ, Cg * nb * PQ, PQ};
-      e = gemm_groups_images<T>(gc, G, nb, w, dyc, buf, 0.f, stream);
+      e = gemm_groups_images<T, T>(gc, G, nb, w, dyc, buf, 0.f, stream);
     } else {
       // dx[n][g·Cg + c][hw] = sum_k W[g·Kg + k][c] · dy[n][g·Kg + k][hw].
       const GemmCall gc{Cg, PQ, Kg, Cg, PQ, HW, true, false, Kg * Cg, 0, Kg * PQ, s.K * PQ, Cg * HW, s.C * HW};
-      e = gemm_groups_images<T>(gc, G, nb, w, dyc, dx + n0 * s.x.n, 0.f, stream);
+      e = gemm_groups_images<T, T>(gc, G, nb, w, dyc, dx + n0 * s.x.n, 0.f, stream);
     }
     if (e != cudaSuccess) return e;
     if (scatter) {
