@@ -7,7 +7,7 @@
 //   B[j][k] = w[g·Kg + j, r, s, c]                      (a KRSC filter row is a row of B: "col" layout)
 //   y[m, g·Kg + j] = epilogue( Σ_k A[m][k] · B[j][k] )  (csrc/cuda/epilogue.cuh)
 //
-// Kernel: igemm_fprop_kernel<Cfg, T, kVec>
+// Kernel: igemm_kernel<Cfg, T, ConvDir::kFprop, kVec>
 //   grid  (ceil(M / BM), ceil(Kg / BN), groups); block Cfg::kThreads = (BM/WM)·(BN/WN) warps.
 //   Row table: at the start each block writes, per tile row m, the image offset n·x.n and the window
 //   origin (p·stride_h − pad_h, q·stride_w − pad_w) to shared memory (rows past M get an origin far
@@ -28,7 +28,19 @@
 //   l/4 + 8, channels 2·(l%4) and 2·(l%4) + 1: one paired 32-bit store per row (kVec), else two
 //   predicated scalar stores.
 //
-// dgrad and wgrad are not implemented yet (can_implement is false for them); float/TF32 neither.
+// dgrad and wgrad: the same kernel template (igemm_kernel<Cfg, T, kDir, kVec>) and mainloop, with
+// other loaders and epilogues. Operands whose rows are contiguous in memory are stored MN-major
+// ([BK][BM|BN], chunk ^ (k & 7)) and read with ldmatrix.trans, so every global load stays 16 bytes.
+//   dgrad  M = N·H·W (dx pixels), N = Cg, K = R·S·Kg (k = (r·S + s)·Kg + kk). A (K-major) gathers
+//          dy[n, (h + pad − r·dil)/stride, (w + pad − s·dil)/stride, kk] through the row table (origin
+//          h + pad, w + pad); a tap whose quotient is inexact or out of range is zero-filled (predicated
+//          gather, wasting stride_h·stride_w of the MMAs at stride > 1). B (MN-major) = w as
+//          [K·R·S][Cg]. Epilogue: dense NHWC dx, one grid z per group.
+//   wgrad  M = Kg, N = R·S·Cg (KRSC order), K = N·P·Q pixels, split into slices of k_tiles_per_split
+//          k-tiles (blockIdx.z = slice·groups + g). A (MN-major) = dy as [N·P·Q][Kg]; B (MN-major) =
+//          x gathered as [N·P·Q][R·S·Cg]. Epilogue: FP32 partial sums into the workspace slice; then
+//          wgrad_reduce_kernel (one thread per dw element) adds the slices in order and rounds to T.
+// float/TF32 is not implemented.
 #include <algorithm>
 #include <initializer_list>
 
