@@ -130,13 +130,13 @@ _RULES: Dict[str, Dict[str, Rule]] = {
         "direct": _all(_dtype_rule(_CUDA_DTYPES + (torch.float64,)), _any_config),
         "im2col": _all(_dtype_rule(_CUDA_DTYPES), _any_config),
         "gemm1x1": _all(_dtype_rule(_CUDA_DTYPES), _one_by_one),
-        # Tensor-core implicit GEMM (csrc/cuda/conv2d_igemm_tc.cu): fprop only so far, see backward_algo.
+        # Tensor-core implicit GEMM (csrc/cuda/conv2d_igemm_tc.cu): fprop, dgrad and wgrad.
         "implicit_gemm": _all(_dtype_rule((torch.float16, torch.bfloat16)), _any_config),
     },
 }
 
 # Algorithms with no dgrad/wgrad kernels yet: their backward runs on the named algorithm instead.
-_BACKWARD_FALLBACK: Dict[str, Dict[str, str]] = {"cuda": {"implicit_gemm": "im2col"}}
+_BACKWARD_FALLBACK: Dict[str, Dict[str, str]] = {"cuda": {}}
 
 
 def backward_algo(algo: str, device_type: str) -> str:

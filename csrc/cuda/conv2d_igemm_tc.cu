@@ -7,7 +7,7 @@
 //   B[j][k] = w[g·Kg + j, r, s, c]                      (a KRSC filter row is a row of B: "col" layout)
 //   y[m, g·Kg + j] = epilogue( Σ_k A[m][k] · B[j][k] )  (csrc/cuda/epilogue.cuh)
 //
-// Kernel: igemm_fprop_kernel<Cfg, T, kVec>
+// Kernel: igemm_kernel<Cfg, T, ConvDir::kFprop, kVec>
 //   grid  (ceil(M / BM), ceil(Kg / BN), groups); block Cfg::kThreads = (BM/WM)·(BN/WN) warps.
 //   Row table: at the start each block writes, per tile row m, the image offset n·x.n and the window
 //   origin (p·stride_h − pad_h, q·stride_w − pad_w) to shared memory (rows past M get an origin far
@@ -28,7 +28,22 @@
 //   l/4 + 8, channels 2·(l%4) and 2·(l%4) + 1: one paired 32-bit store per row (kVec), else two
 //   predicated scalar stores.
 //
-// dgrad and wgrad are not implemented yet (can_implement is false for them); float/TF32 neither.
+// dgrad and wgrad: the same kernel template (igemm_kernel<Cfg, T, kDir, kVec>) and mainloop, with
+// other loaders and epilogues. Operands whose rows are contiguous in memory are stored MN-major
+// ([BK][BM|BN], chunk ^ (k & 7)) and read with ldmatrix.trans, so every global load stays 16 bytes.
+//   dgrad  M = N·H·W (dx pixels), N = Cg, K = R·S·Kg (k = (r·S + s)·Kg + kk). A (K-major) gathers
+//          dy[n, (h + pad − r·dil)/stride, (w + pad − s·dil)/stride, kk] through the row table (origin
+//          h + pad, w + pad); a tap whose quotient is inexact or out of range is zero-filled (predicated
+//          gather, wasting stride_h·stride_w of the MMAs at stride > 1). B (MN-major) = w as
+//          [K·R·S][Cg]. Epilogue: dense NHWC dx, one grid z per group.
+//   wgrad  M = Kg, N = R·S·Cg (KRSC order), K = N·P·Q pixels, split into slices of k_tiles_per_split
+//          k-tiles (blockIdx.z = slice·groups + g). A (MN-major) = dy as [N·P·Q][Kg]; B (MN-major) =
+//          x gathered as [N·P·Q][R·S·Cg]. Epilogue: FP32 partial sums into the workspace slice; then
+//          wgrad_reduce_kernel (one thread per dw element) adds the slices in order and rounds to T.
+// float/TF32 is not implemented.
+#include <algorithm>
+#include <initializer_list>
+
 #include "common.cuh"
 #include "epilogue.cuh"
 
@@ -58,6 +73,10 @@ struct IgemmConfig {
   static_assert(kThreads % kBK == 0, "element-wise loads give every thread one fixed k column");
   static_assert((kBM * kChunksPerRow) % kThreads == 0 && (kBN * kChunksPerRow) % kThreads == 0,
                 "every thread must copy the same number of A and B chunks");
+  static_assert(kThreads % kBM == 0 && kThreads % kBN == 0,
+                "element-wise MN-major loads give every thread one fixed column (dgrad B, wgrad A and B)");
+  static_assert(kBK % (kThreads / (kBM / kChunk)) == 0 && kBK % (kThreads / (kBN / kChunk)) == 0,
+                "every thread must copy the same number of MN-major chunks");
   static_assert(kStages >= 2, "the pipeline needs at least two stages");
   static_assert(kSmemBytes <= 160 * 1024, "shared memory must fit an A100's 163 KB per block");
 };
@@ -76,26 +95,34 @@ constexpr size_t kWorkspaceAlign = 256;
 
 // ---- kernel parameters (torch-free, 64-bit strides) -------------------------------------------------
 
+// One struct for the three directions (unused fields stay zero). GEMM extents per group: M x Ngemm x
+// Kgemm; the output is a dense row-major [M][out_ld] matrix per group, at column g·Ngemm.
 template <typename T>
-struct IgemmFpropParams {
-  const T* x;
-  const T* w;
-  T* y;
+struct IgemmParams {
+  const T* x;       // fprop, wgrad: the activation (NHWC, channel stride 1)
+  const T* w;       // fprop, dgrad: the filter (KRSC, channel stride 1)
+  const T* dy;      // dgrad, wgrad: the output gradient (dense NPQK)
+  T* out;           // fprop: y, dgrad: dx (dense NHWC)
+  float* partial;   // wgrad: [splits][K][R·S·Cg] FP32 partial sums
   ConvEpilogue<T> epi;
   int H, W, P, Q, S, Cg, Kg, K;
   int pad_h, pad_w, stride_h, stride_w, dil_h, dil_w;
-  int M, Kgemm;                 // N·P·Q and R·S·Cg
+  int M, Ngemm, Kgemm;          // per group
+  int out_ld;                   // fprop: K, dgrad: C
+  int k_tiles_per_split;        // wgrad: k-tiles per blockIdx.z slice; others: all of them
   int64_t xs_n, xs_h, xs_w;     // x strides (channel stride 1)
   int64_t ws_k, ws_r, ws_s;     // w strides (channel stride 1)
+  int64_t ys_n;                 // dy image stride (dense: P·Q·K)
 };
 
-// One tile row of A: where output pixel m's window starts.
+// One tile row of A (fprop, dgrad): where output pixel m's window starts.
+//   fprop: (n·x.n, p·stride_h − pad_h, q·stride_w − pad_w); tap (r, s) reads x at origin + (r, s)·dil.
+//   dgrad: (n·dy.n, h + pad_h, w + pad_w); tap (r, s) reads dy at (origin − (r, s)·dil) / stride.
 struct RowInfo {
-  int64_t base;  // n·x.n
-  int h0, w0;    // p·stride_h − pad_h, q·stride_w − pad_w (kInvalidOrigin past M)
+  int64_t base;
+  int h0, w0;    // kInvalidOrigin past M: every later bounds check fails
 };
 static_assert(sizeof(RowInfo) == 16, "the row table is sized at 16 bytes per row");
-
 // ---- PTX wrappers -----------------------------------------------------------------------------------
 
 __device__ __forceinline__ unsigned int smem_addr(const void* p) {
@@ -153,12 +180,41 @@ __device__ __forceinline__ Tap tap_of(int k, int Cg, int S) {
   return Tap{r, rs - r * S, k - rs * Cg};
 }
 
-// ---- tile loaders -----------------------------------------------------------------------------------
+// ldmatrix with transpose: for tiles stored MN-major ([k][m]), each lane gets the same fragment
+// elements as ldmatrix on the K-major tile.
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned int (&r)[4], unsigned int addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
 
-// Tile kt of A and B into one stage, 16-byte chunks. Thread tid copies chunk tid % 4 of rows
-// tid / 4 + i·(kThreads / 4): its k column, hence its tap, is the same for every row.
+// MN-major tile of kCols (64 or 128) elements per k row: chunk c of row k at c ^ (k & 7). The 8 k rows
+// one ldmatrix.trans matrix addresses share a logical chunk, so they land in 8 distinct bank groups.
+template <int kCols>
+__device__ __forceinline__ int swizzle_t(int row, int chunk) {
+  return row * kCols + ((chunk ^ (row & 7)) << 3);
+}
+
+// Output-pixel decomposition m = (n·P + p)·Q + q (fprop rows, wgrad k columns), or (n·H + h)·W + w.
+struct Pixel {
+  int n, p, q;
+};
+__device__ __forceinline__ Pixel pixel_of(int m, int P, int Q) {
+  const int PQ = P * Q;
+  const int n = m / PQ, pq = m - n * PQ;
+  const int p = pq / Q;
+  return Pixel{n, p, pq - p * Q};
+}
+
+// ---- tile loaders -----------------------------------------------------------------------------------
+// K-major tiles ([rows][BK], swizzle) hold operands whose GEMM-k is contiguous in memory (fprop A and
+// B, dgrad A); MN-major tiles ([BK][cols], swizzle_t) hold operands whose rows are contiguous (dgrad
+// B = w viewed as [Kg·R·S][Cg], wgrad A = dy as [N·P·Q][Kg], wgrad B = gathered x as [N·P·Q][R·S·Cg]).
+
+// fprop, 16-byte chunks. Thread tid copies chunk tid % 4 of rows tid / 4 + i·(kThreads / 4): its k
+// column, hence its tap, is the same for every row.
 template <typename Cfg, typename T>
-__device__ __forceinline__ void load_tiles_vec(const IgemmFpropParams<T>& p, const RowInfo* rows, const T* xg,
+__device__ __forceinline__ void load_fprop_vec(const IgemmParams<T>& p, const RowInfo* rows, const T* xg,
                                                const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
   constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kChunksPerRow;
   const int chunk = tid % Cfg::kChunksPerRow;
@@ -186,10 +242,10 @@ __device__ __forceinline__ void load_tiles_vec(const IgemmFpropParams<T>& p, con
   }
 }
 
-// The same tile, one predicated 16-bit load per element through registers (any C, K). Thread tid
-// owns k column tid % 32 of rows tid / 32 + i·(kThreads / 32).
+// fprop, one predicated 16-bit load per element through registers (any C, K). Thread tid owns k column
+// tid % 32 of rows tid / 32 + i·(kThreads / 32).
 template <typename Cfg, typename T>
-__device__ __forceinline__ void load_tiles_scalar(const IgemmFpropParams<T>& p, const RowInfo* rows, const T* xg,
+__device__ __forceinline__ void load_fprop_scalar(const IgemmParams<T>& p, const RowInfo* rows, const T* xg,
                                                   const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
   constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBK;
   const int kcol = tid % Cfg::kBK;
@@ -218,89 +274,249 @@ __device__ __forceinline__ void load_tiles_scalar(const IgemmFpropParams<T>& p, 
   }
 }
 
-// ---- the kernel -------------------------------------------------------------------------------------
+// dgrad A: dy gathered through the flipped filter. Tap (r, s) of dx pixel (h, w) reads dy at
+// ((h + pad − r·dil) / stride, (w + pad − s·dil) / stride) when both divide exactly and land inside
+// [0, P) x [0, Q); every other (pixel, tap) pair contributes 0 (the predicated gather: no residue
+// classes, stride² more MMA work than needed for stride > 1).
+__device__ __forceinline__ bool dgrad_src(const RowInfo& ri, int dh, int dw, int stride_h, int stride_w, int P, int Q,
+                                          int& pp, int& qq) {
+  const int hh = ri.h0 - dh, ww = ri.w0 - dw;
+  if (hh < 0 || ww < 0) return false;  // also every row past M (origin −2^30)
+  pp = hh / stride_h;
+  qq = ww / stride_w;
+  return pp * stride_h == hh && qq * stride_w == ww && pp < P && qq < Q;
+}
 
-template <typename Cfg, typename T, bool kVec>
-__global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_fprop_kernel(const IgemmFpropParams<T> p) {
+// dgrad, 16-byte chunks (Cg % 8 == 0, Kg % 8 == 0). A as fprop's (k = (r·S + s)·Kg + kk, chunk = 8
+// filters of one tap); B is MN-major: thread tid copies chunk tid % (BN/8) (8 channels) of k rows
+// tid / (BN/8) + i·kRowsPerPass, decoding each row's tap.
+template <typename Cfg, typename T>
+__device__ __forceinline__ void load_dgrad_vec(const IgemmParams<T>& p, const RowInfo* rows, const T* dyg,
+                                               const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
+  {
+    constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kChunksPerRow;
+    const int chunk = tid % Cfg::kChunksPerRow;
+    const int k = kt * Cfg::kBK + chunk * Cfg::kChunk;
+    const bool k_ok = k < p.Kgemm;
+    const Tap t = tap_of(k_ok ? k : 0, p.Kg, p.S);  // t.c is the filter kk
+    const int dh = t.r * p.dil_h, dw = t.s * p.dil_w;
+#pragma unroll
+    for (int i = 0; i < Cfg::kBM / kRowsPerPass; ++i) {
+      const int row = tid / Cfg::kChunksPerRow + i * kRowsPerPass;
+      const RowInfo ri = rows[row];
+      int pp = 0, qq = 0;
+      const bool ok = k_ok && dgrad_src(ri, dh, dw, p.stride_h, p.stride_w, p.P, p.Q, pp, qq);
+      const T* src = ok ? dyg + ri.base + (static_cast<int64_t>(pp) * p.Q + qq) * p.K + t.c : p.dy;
+      cp_async_16(smem_addr(As + swizzle(row, chunk)), src, ok ? 16 : 0);
+    }
+  }
+  {
+    constexpr int kChunksPerRowT = Cfg::kBN / Cfg::kChunk;
+    constexpr int kRowsPerPass = Cfg::kThreads / kChunksPerRowT;
+    const int chunk = tid % kChunksPerRowT;
+    const int c = n0 + chunk * Cfg::kChunk;
+#pragma unroll
+    for (int i = 0; i < Cfg::kBK / kRowsPerPass; ++i) {
+      const int row = tid / kChunksPerRowT + i * kRowsPerPass;
+      const int k = kt * Cfg::kBK + row;
+      const bool ok = k < p.Kgemm && c < p.Cg;
+      const Tap t = tap_of(ok ? k : 0, p.Kg, p.S);
+      const T* src = ok ? wg + t.c * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + c : p.w;
+      cp_async_16(smem_addr(Bs + swizzle_t<Cfg::kBN>(row, chunk)), src, ok ? 16 : 0);
+    }
+  }
+}
+
+// dgrad, element-wise (any C, K). A: thread tid owns k column tid % 32 (as fprop). B: thread tid owns
+// channel column tid % BN of k rows tid / BN + i·(kThreads / BN): consecutive threads read consecutive
+// channels.
+template <typename Cfg, typename T>
+__device__ __forceinline__ void load_dgrad_scalar(const IgemmParams<T>& p, const RowInfo* rows, const T* dyg,
+                                                  const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs,
+                                                  int tid) {
+  const uint16_t* dyb = reinterpret_cast<const uint16_t*>(dyg);
+  const uint16_t* wb = reinterpret_cast<const uint16_t*>(wg);
+  {
+    constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBK;
+    const int kcol = tid % Cfg::kBK;
+    const int k = kt * Cfg::kBK + kcol;
+    const bool k_ok = k < p.Kgemm;
+    const Tap t = tap_of(k_ok ? k : 0, p.Kg, p.S);
+    const int dh = t.r * p.dil_h, dw = t.s * p.dil_w;
+    const int sub = kcol % Cfg::kChunk, chunk = kcol / Cfg::kChunk;
+#pragma unroll 8
+    for (int i = 0; i < Cfg::kBM / kRowsPerPass; ++i) {
+      const int row = tid / Cfg::kBK + i * kRowsPerPass;
+      const RowInfo ri = rows[row];
+      int pp = 0, qq = 0;
+      const bool ok = k_ok && dgrad_src(ri, dh, dw, p.stride_h, p.stride_w, p.P, p.Q, pp, qq);
+      As[swizzle(row, chunk) + sub] =
+          ok ? dyb[ri.base + (static_cast<int64_t>(pp) * p.Q + qq) * p.K + t.c] : uint16_t(0);
+    }
+  }
+  {
+    constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBN;
+    const int col = tid % Cfg::kBN;
+    const int c = n0 + col;
+    const int sub = col % Cfg::kChunk, chunk = col / Cfg::kChunk;
+#pragma unroll 4
+    for (int i = 0; i < Cfg::kBK / kRowsPerPass; ++i) {
+      const int row = tid / Cfg::kBN + i * kRowsPerPass;
+      const int k = kt * Cfg::kBK + row;
+      const bool ok = k < p.Kgemm && c < p.Cg;
+      const Tap t = tap_of(ok ? k : 0, p.Kg, p.S);
+      Bs[swizzle_t<Cfg::kBN>(row, chunk) + sub] =
+          ok ? wb[t.c * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + c] : uint16_t(0);
+    }
+  }
+}
+
+// wgrad, 16-byte chunks (Cg % 8 == 0, Kg % 8 == 0). Both tiles are MN-major with GEMM-k = output pixel
+// pix = (n·P + p)·Q + q. A row pix = 8 filters of dy[pix]; B row pix = 8 channels of one tap (r, s) of
+// x at (p·stride − pad + r·dil, q·stride − pad + s·dil). Thread tid copies chunk tid % (cols/8) of k
+// rows tid / (cols/8) + i·kRowsPerPass; its B column, hence its tap, is fixed for the whole block.
+template <typename Cfg, typename T>
+__device__ __forceinline__ void load_wgrad_vec(const IgemmParams<T>& p, const T* dyg, const T* xg, int m0, int n0,
+                                               int kt, uint16_t* As, uint16_t* Bs, int tid) {
+  {
+    constexpr int kChunksPerRowT = Cfg::kBM / Cfg::kChunk;
+    constexpr int kRowsPerPass = Cfg::kThreads / kChunksPerRowT;
+    const int chunk = tid % kChunksPerRowT;
+    const int kk = m0 + chunk * Cfg::kChunk;
+#pragma unroll
+    for (int i = 0; i < Cfg::kBK / kRowsPerPass; ++i) {
+      const int row = tid / kChunksPerRowT + i * kRowsPerPass;
+      const int pix = kt * Cfg::kBK + row;
+      const bool ok = pix < p.Kgemm && kk < p.Kg;
+      const T* src = ok ? dyg + static_cast<int64_t>(pix) * p.K + kk : p.dy;
+      cp_async_16(smem_addr(As + swizzle_t<Cfg::kBM>(row, chunk)), src, ok ? 16 : 0);
+    }
+  }
+  {
+    constexpr int kChunksPerRowT = Cfg::kBN / Cfg::kChunk;
+    constexpr int kRowsPerPass = Cfg::kThreads / kChunksPerRowT;
+    const int chunk = tid % kChunksPerRowT;
+    const int j = n0 + chunk * Cfg::kChunk;
+    const bool j_ok = j < p.Ngemm;
+    const Tap t = tap_of(j_ok ? j : 0, p.Cg, p.S);
+    const int dh = t.r * p.dil_h - p.pad_h, dw = t.s * p.dil_w - p.pad_w;
+#pragma unroll
+    for (int i = 0; i < Cfg::kBK / kRowsPerPass; ++i) {
+      const int row = tid / kChunksPerRowT + i * kRowsPerPass;
+      const int pix = kt * Cfg::kBK + row;
+      const Pixel px = pixel_of(pix, p.P, p.Q);
+      const int h = px.p * p.stride_h + dh, w = px.q * p.stride_w + dw;
+      const bool ok = j_ok && pix < p.Kgemm && static_cast<unsigned int>(h) < static_cast<unsigned int>(p.H) &&
+                      static_cast<unsigned int>(w) < static_cast<unsigned int>(p.W);
+      const T* src = ok ? xg + px.n * p.xs_n + h * p.xs_h + w * p.xs_w + t.c : p.x;
+      cp_async_16(smem_addr(Bs + swizzle_t<Cfg::kBN>(row, chunk)), src, ok ? 16 : 0);
+    }
+  }
+}
+
+// wgrad, element-wise (any C, K): thread tid owns column tid % cols of k rows tid / cols + i·(kThreads /
+// cols), so consecutive threads read consecutive filters (A) or channels (B).
+template <typename Cfg, typename T>
+__device__ __forceinline__ void load_wgrad_scalar(const IgemmParams<T>& p, const T* dyg, const T* xg, int m0,
+                                                  int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
+  const uint16_t* dyb = reinterpret_cast<const uint16_t*>(dyg);
+  const uint16_t* xb = reinterpret_cast<const uint16_t*>(xg);
+  {
+    constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBM;
+    const int col = tid % Cfg::kBM;
+    const int kk = m0 + col;
+    const int sub = col % Cfg::kChunk, chunk = col / Cfg::kChunk;
+#pragma unroll 4
+    for (int i = 0; i < Cfg::kBK / kRowsPerPass; ++i) {
+      const int row = tid / Cfg::kBM + i * kRowsPerPass;
+      const int pix = kt * Cfg::kBK + row;
+      const bool ok = pix < p.Kgemm && kk < p.Kg;
+      As[swizzle_t<Cfg::kBM>(row, chunk) + sub] = ok ? dyb[static_cast<int64_t>(pix) * p.K + kk] : uint16_t(0);
+    }
+  }
+  {
+    constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBN;
+    const int col = tid % Cfg::kBN;
+    const int j = n0 + col;
+    const bool j_ok = j < p.Ngemm;
+    const Tap t = tap_of(j_ok ? j : 0, p.Cg, p.S);
+    const int dh = t.r * p.dil_h - p.pad_h, dw = t.s * p.dil_w - p.pad_w;
+    const int sub = col % Cfg::kChunk, chunk = col / Cfg::kChunk;
+#pragma unroll 4
+    for (int i = 0; i < Cfg::kBK / kRowsPerPass; ++i) {
+      const int row = tid / Cfg::kBN + i * kRowsPerPass;
+      const int pix = kt * Cfg::kBK + row;
+      const Pixel px = pixel_of(pix, p.P, p.Q);
+      const int h = px.p * p.stride_h + dh, w = px.q * p.stride_w + dw;
+      const bool ok = j_ok && pix < p.Kgemm && static_cast<unsigned int>(h) < static_cast<unsigned int>(p.H) &&
+                      static_cast<unsigned int>(w) < static_cast<unsigned int>(p.W);
+      Bs[swizzle_t<Cfg::kBN>(row, chunk) + sub] = ok ? xb[px.n * p.xs_n + h * p.xs_h + w * p.xs_w + t.c] : uint16_t(0);
+    }
+  }
+}
+
+// ---- the shared mainloop ----------------------------------------------------------------------------
+
+// acc += A · Bᵀ over k-tiles [kt0, kt1) through the kStages-deep cp.async ring. load(stage, kt) fills one
+// stage; kATrans / kBTrans say the tile is MN-major (read with ldmatrix.trans).
+template <typename Cfg, typename T, bool kATrans, bool kBTrans, typename Load>
+__device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4], const uint16_t* smem_a,
+                                         const uint16_t* smem_b, int kt0, int kt1, int lane, int warp_m, int warp_n,
+                                         Load&& load) {
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, BK = Cfg::kBK, WM = Cfg::kWM, WN = Cfg::kWN;
   constexpr int kStages = Cfg::kStages, kMmaM = Cfg::kMmaM, kMmaN = Cfg::kMmaN;
-  extern __shared__ __align__(128) unsigned char smem[];
-  uint16_t* smem_a = reinterpret_cast<uint16_t*>(smem);             // [kStages][BM·BK]
-  uint16_t* smem_b = smem_a + kStages * Cfg::kTileA;                 // [kStages][BN·BK]
-  RowInfo* rows = reinterpret_cast<RowInfo*>(smem_b + kStages * Cfg::kTileB);  // [BM]
-
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
-  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN, g = blockIdx.z;
-  const T* xg = p.x + static_cast<int64_t>(g) * p.Cg;
-  const T* wg = p.w + static_cast<int64_t>(g) * p.Kg * p.ws_k;
-
-  const int PQ = p.P * p.Q;
-  for (int i = tid; i < BM; i += Cfg::kThreads) {
-    const int m = m0 + i;
-    RowInfo ri{0, kInvalidOrigin, kInvalidOrigin};
-    if (m < p.M) {
-      const int n = m / PQ, pq = m - n * PQ;
-      const int pp = pq / p.Q, qq = pq - pp * p.Q;
-      ri.base = n * p.xs_n;
-      ri.h0 = pp * p.stride_h - p.pad_h;
-      ri.w0 = qq * p.stride_w - p.pad_w;
-    }
-    rows[i] = ri;
-  }
-  __syncthreads();
-
-  const int num_k_tiles = (p.Kgemm + BK - 1) / BK;
-  auto load = [&](int stage, int kt) {
-    uint16_t* As = smem_a + stage * Cfg::kTileA;
-    uint16_t* Bs = smem_b + stage * Cfg::kTileB;
-    if constexpr (kVec) load_tiles_vec<Cfg, T>(p, rows, xg, wg, n0, kt, As, Bs, tid);
-    else load_tiles_scalar<Cfg, T>(p, rows, xg, wg, n0, kt, As, Bs, tid);
-  };
-
-  float acc[kMmaM][kMmaN][4];
-#pragma unroll
-  for (int i = 0; i < kMmaM; ++i)
-#pragma unroll
-    for (int j = 0; j < kMmaN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  static_assert(!kATrans || BM >= 64, "an MN-major tile needs at least 8 chunks per row for its swizzle");
+  static_assert(!kBTrans || BN >= 64, "an MN-major tile needs at least 8 chunks per row for its swizzle");
+  const int num_k_tiles = kt1 - kt0;
 
   // Prologue: tiles 0 .. kStages − 2 in flight (one commit group each, empty past the last tile).
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
-    if (st < num_k_tiles) load(st, st);
+    if (st < num_k_tiles) load(st, kt0 + st);
     cp_async_commit();
   }
 
-  for (int kt = 0; kt < num_k_tiles; ++kt) {
-    // kStages − 1 + kt groups are committed; allowing kStages − 2 pending means group kt has landed.
+  for (int t = 0; t < num_k_tiles; ++t) {
+    // kStages − 1 + t groups are committed; allowing kStages − 2 pending means group t has landed.
     cp_async_wait<kStages - 2>();
-    // Tile kt is visible to every thread, and every thread is done with tile kt − 1, whose stage the
+    // Tile t is visible to every thread, and every thread is done with tile t − 1, whose stage the
     // next load overwrites.
     __syncthreads();
-    const int next = kt + kStages - 1;
-    if (next < num_k_tiles) load(next % kStages, next);
+    const int next = t + kStages - 1;
+    if (next < num_k_tiles) load(next % kStages, kt0 + next);
     cp_async_commit();
 
-    const uint16_t* As = smem_a + (kt % kStages) * Cfg::kTileA;
-    const uint16_t* Bs = smem_b + (kt % kStages) * Cfg::kTileB;
+    const uint16_t* As = smem_a + (t % kStages) * Cfg::kTileA;
+    const uint16_t* Bs = smem_b + (t % kStages) * Cfg::kTileB;
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
       unsigned int af[kMmaM][4], bf[kMmaN][2];
 #pragma unroll
       for (int i = 0; i < kMmaM; ++i) {
-        // Lanes 0-15 address rows 0-15 at k 0-7, lanes 16-31 the same rows at k 8-15: a0..a3.
-        const int row = warp_m * WM + i * 16 + (lane & 15);
-        ldmatrix_x4(af[i], smem_addr(As + swizzle(row, kk * 2 + (lane >> 4))));
+        if constexpr (kATrans) {
+          // Matrix l/8 = (rows 0-7 | 8-15) x (k 0-7 | 8-15) in a0..a3 order; lane l gives k row l % 8.
+          const int krow = kk * 16 + ((lane >> 4) << 3) + (lane & 7);
+          const int mchunk = (warp_m * WM + i * 16) / 8 + ((lane >> 3) & 1);
+          ldmatrix_x4_trans(af[i], smem_addr(As + swizzle_t<BM>(krow, mchunk)));
+        } else {
+          // Lanes 0-15 address rows 0-15 at k 0-7, lanes 16-31 the same rows at k 8-15: a0..a3.
+          const int row = warp_m * WM + i * 16 + (lane & 15);
+          ldmatrix_x4(af[i], smem_addr(As + swizzle(row, kk * 2 + (lane >> 4))));
+        }
       }
 #pragma unroll
       for (int j = 0; j < kMmaN; j += 2) {
-        // Matrices: (filters 0-7, k 0-7), (0-7, k 8-15), (8-15, k 0-7), (8-15, k 8-15) = b0, b1 of
-        // n-tiles j and j + 1.
-        const int row = warp_n * WN + j * 8 + (lane & 7) + ((lane >> 4) << 3);
+        // Matrices: (cols 0-7, k 0-7), (0-7, k 8-15), (8-15, k 0-7), (8-15, k 8-15) = b0, b1 of n-tiles
+        // j and j + 1.
         unsigned int r[4];
-        ldmatrix_x4(r, smem_addr(Bs + swizzle(row, kk * 2 + ((lane >> 3) & 1))));
+        if constexpr (kBTrans) {
+          const int krow = kk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7);
+          const int nchunk = (warp_n * WN + j * 8) / 8 + (lane >> 4);
+          ldmatrix_x4_trans(r, smem_addr(Bs + swizzle_t<BN>(krow, nchunk)));
+        } else {
+          const int row = warp_n * WN + j * 8 + (lane & 7) + ((lane >> 4) << 3);
+          ldmatrix_x4(r, smem_addr(Bs + swizzle(row, kk * 2 + ((lane >> 3) & 1))));
+        }
         bf[j][0] = r[0];
         bf[j][1] = r[1];
         bf[j + 1][0] = r[2];
@@ -313,8 +529,92 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_fprop_kernel(const Ige
     }
   }
   cp_async_wait<0>();
+}
 
-  // Epilogue: y is dense NHWC, so output pixel m, channel ch sits at m·K + ch.
+// ---- the kernel -------------------------------------------------------------------------------------
+
+template <typename Cfg, typename T, ConvDir kDir, bool kVec>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmParams<T> p) {
+  constexpr int BM = Cfg::kBM, WM = Cfg::kWM, WN = Cfg::kWN;
+  constexpr int kStages = Cfg::kStages, kMmaM = Cfg::kMmaM, kMmaN = Cfg::kMmaN;
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint16_t* smem_a = reinterpret_cast<uint16_t*>(smem);             // [kStages][BM·BK]
+  uint16_t* smem_b = smem_a + kStages * Cfg::kTileA;                 // [kStages][BN·BK]
+  RowInfo* rows = reinterpret_cast<RowInfo*>(smem_b + kStages * Cfg::kTileB);  // [BM], fprop and dgrad
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * Cfg::kBN;
+  const int groups = p.K / p.Kg;
+  // wgrad: blockIdx.z = split · groups + g; split handles k-tiles [split, split + 1)·k_tiles_per_split.
+  const int g = static_cast<int>(blockIdx.z) % groups, split = static_cast<int>(blockIdx.z) / groups;
+  const int num_k_tiles = (p.Kgemm + Cfg::kBK - 1) / Cfg::kBK;
+  const int kt0 = split * p.k_tiles_per_split;
+  const int kt1 = min(num_k_tiles, kt0 + p.k_tiles_per_split);
+
+  if constexpr (kDir != ConvDir::kWgrad) {
+    for (int i = tid; i < BM; i += Cfg::kThreads) {
+      const int m = m0 + i;
+      RowInfo ri{0, kInvalidOrigin, kInvalidOrigin};
+      if (m < p.M) {
+        if constexpr (kDir == ConvDir::kFprop) {
+          const Pixel px = pixel_of(m, p.P, p.Q);
+          ri.base = px.n * p.xs_n;
+          ri.h0 = px.p * p.stride_h - p.pad_h;
+          ri.w0 = px.q * p.stride_w - p.pad_w;
+        } else {
+          const Pixel px = pixel_of(m, p.H, p.W);
+          ri.base = px.n * p.ys_n;
+          ri.h0 = px.p + p.pad_h;
+          ri.w0 = px.q + p.pad_w;
+        }
+      }
+      rows[i] = ri;
+    }
+    __syncthreads();
+  }
+
+  float acc[kMmaM][kMmaN][4];
+#pragma unroll
+  for (int i = 0; i < kMmaM; ++i)
+#pragma unroll
+    for (int j = 0; j < kMmaN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  if constexpr (kDir == ConvDir::kFprop) {
+    const T* xg = p.x + static_cast<int64_t>(g) * p.Cg;
+    const T* wg = p.w + static_cast<int64_t>(g) * p.Kg * p.ws_k;
+    mainloop<Cfg, T, false, false>(acc, smem_a, smem_b, kt0, kt1, lane, warp_m, warp_n, [&](int stage, int kt) {
+      uint16_t* As = smem_a + stage * Cfg::kTileA;
+      uint16_t* Bs = smem_b + stage * Cfg::kTileB;
+      if constexpr (kVec) load_fprop_vec<Cfg, T>(p, rows, xg, wg, n0, kt, As, Bs, tid);
+      else load_fprop_scalar<Cfg, T>(p, rows, xg, wg, n0, kt, As, Bs, tid);
+    });
+  } else if constexpr (kDir == ConvDir::kDgrad) {
+    const T* dyg = p.dy + static_cast<int64_t>(g) * p.Kg;
+    const T* wg = p.w + static_cast<int64_t>(g) * p.Kg * p.ws_k;
+    mainloop<Cfg, T, false, true>(acc, smem_a, smem_b, kt0, kt1, lane, warp_m, warp_n, [&](int stage, int kt) {
+      uint16_t* As = smem_a + stage * Cfg::kTileA;
+      uint16_t* Bs = smem_b + stage * Cfg::kTileB;
+      if constexpr (kVec) load_dgrad_vec<Cfg, T>(p, rows, dyg, wg, n0, kt, As, Bs, tid);
+      else load_dgrad_scalar<Cfg, T>(p, rows, dyg, wg, n0, kt, As, Bs, tid);
+    });
+  } else {
+    const T* dyg = p.dy + static_cast<int64_t>(g) * p.Kg;
+    const T* xg = p.x + static_cast<int64_t>(g) * p.Cg;
+    mainloop<Cfg, T, true, true>(acc, smem_a, smem_b, kt0, kt1, lane, warp_m, warp_n, [&](int stage, int kt) {
+      uint16_t* As = smem_a + stage * Cfg::kTileA;
+      uint16_t* Bs = smem_b + stage * Cfg::kTileB;
+      if constexpr (kVec) load_wgrad_vec<Cfg, T>(p, dyg, xg, m0, n0, kt, As, Bs, tid);
+      else load_wgrad_scalar<Cfg, T>(p, dyg, xg, m0, n0, kt, As, Bs, tid);
+    });
+  }
+
+  // Epilogue. In each 16x8 mma tile lane l holds rows l/4 and l/4 + 8, columns 2·(l%4) and 2·(l%4) + 1.
+  // fprop / dgrad: out is dense [M][out_ld] (NHWC), column g·Ngemm + jj, through ConvEpilogue.
+  // wgrad: FP32 partial [split][K][Ngemm] (KRSC order), reduced by wgrad_reduce_kernel.
+  const int64_t partial_split = static_cast<int64_t>(split) * p.K * p.Ngemm;
 #pragma unroll
   for (int i = 0; i < kMmaM; ++i) {
 #pragma unroll
@@ -323,19 +623,42 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_fprop_kernel(const Ige
       if (m >= p.M) continue;
 #pragma unroll
       for (int j = 0; j < kMmaN; ++j) {
-        const int jj = n0 + warp_n * WN + j * 8 + (lane & 3) * 2;  // filter inside the group
-        const int64_t ch = static_cast<int64_t>(g) * p.Kg + jj;
-        const int64_t off = static_cast<int64_t>(m) * p.K + ch;
+        const int jj = n0 + warp_n * WN + j * 8 + (lane & 3) * 2;  // column inside the group
         const float v0 = acc[i][j][2 * half], v1 = acc[i][j][2 * half + 1];
-        if constexpr (kVec) {
-          // Kg % 8 == 0 and jj even: the pair is entirely inside or entirely outside the group.
-          if (jj < p.Kg) p.epi.store2(p.y, off, ch, v0, v1);
+        if constexpr (kDir == ConvDir::kWgrad) {
+          const int64_t off = partial_split + (static_cast<int64_t>(g) * p.Kg + m) * p.Ngemm + jj;
+          if constexpr (kVec) {
+            // Ngemm % 8 == 0 and jj even: the pair is whole and 8-byte aligned.
+            if (jj < p.Ngemm) *reinterpret_cast<float2*>(p.partial + off) = make_float2(v0, v1);
+          } else {
+            if (jj < p.Ngemm) p.partial[off] = v0;
+            if (jj + 1 < p.Ngemm) p.partial[off + 1] = v1;
+          }
         } else {
-          if (jj < p.Kg) p.epi.store(p.y, off, ch, v0);
-          if (jj + 1 < p.Kg) p.epi.store(p.y, off + 1, ch + 1, v1);
+          const int64_t ch = static_cast<int64_t>(g) * p.Ngemm + jj;
+          const int64_t off = static_cast<int64_t>(m) * p.out_ld + ch;
+          if constexpr (kVec) {
+            // Ngemm % 8 == 0 and jj even: the pair is entirely inside or entirely outside the group.
+            if (jj < p.Ngemm) p.epi.store2(p.out, off, ch, v0, v1);
+          } else {
+            if (jj < p.Ngemm) p.epi.store(p.out, off, ch, v0);
+            if (jj + 1 < p.Ngemm) p.epi.store(p.out, off + 1, ch + 1, v1);
+          }
         }
       }
     }
+  }
+}
+
+// wgrad's second pass: dw[e] = Σ_split partial[split][e] in split order (deterministic, no atomics),
+// rounded once to T. dw is dense KRSC, the partials' own order. One thread per element, grid-stride.
+template <typename T>
+__global__ void __launch_bounds__(256) wgrad_reduce_kernel(const float* __restrict__ partial, int splits,
+                                                           int64_t total, T* __restrict__ dw) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    float v = 0.f;
+    for (int sp = 0; sp < splits; ++sp) v += partial[sp * total + e];
+    dw[e] = from_acc<T>(v);
   }
 }
 
@@ -351,32 +674,45 @@ __global__ void __launch_bounds__(256) bias_to_acc_kernel(const T* __restrict__ 
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// y dense NHWC: offset(n, k, p, q) = ((n·P + p)·Q + q)·K + k.
-bool dense_nhwc_y(const Conv2dShape& s) {
-  return s.y.c == 1 && s.y.w == s.K && s.y.h == s.Q * s.K && s.y.n == s.P * s.Q * s.K;
-}
+bool same_strides(const Strides4& a, const Strides4& b) { return a.n == b.n && a.c == b.c && a.h == b.h && a.w == b.w; }
 
-bool fprop_shape_ok(const Conv2dShape& s) {
+// Dense NHWC / NPQK / KRSC (the layouts the kernels index without strides).
+bool dense_nhwc_x(const Conv2dShape& s) { return same_strides(s.x, channels_last_strides(s.C, s.H, s.W)); }
+bool dense_nhwc_y(const Conv2dShape& s) { return same_strides(s.y, channels_last_strides(s.K, s.P, s.Q)); }
+bool dense_krsc_w(const Conv2dShape& s) { return same_strides(s.w, channels_last_strides(s.Cg(), s.R, s.S)); }
+
+// Shape checks common to the three directions: every index the kernels keep in 32 bits (with room for
+// the window reach), the grid's y and z extents.
+bool common_shape_ok(const Conv2dShape& s) {
   if (!s.valid() || s.N <= 0 || s.P <= 0 || s.Q <= 0) return false;
-  if (s.x.c != 1 || s.w.c != 1 || !dense_nhwc_y(s)) return false;  // channels_last operands only
-  // Every index the kernel keeps in 32 bits, with room for the window reach.
-  const int64_t reach_h = s.P * s.stride_h + s.pad_h + (s.R - 1) * s.dil_h;
-  const int64_t reach_w = s.Q * s.stride_w + s.pad_w + (s.S - 1) * s.dil_w;
-  const int64_t limits[] = {s.fprop_m(), s.fprop_k(), s.H, s.W, reach_h, reach_w, s.K, s.C};
+  const int64_t reach_h = s.P * s.stride_h + s.H + s.pad_h + (s.R - 1) * s.dil_h;
+  const int64_t reach_w = s.Q * s.stride_w + s.W + s.pad_w + (s.S - 1) * s.dil_w;
+  const int64_t limits[] = {s.fprop_m(), s.fprop_k(), s.dgrad_m(), s.dgrad_k(), s.wgrad_n(), s.wgrad_k(),
+                            reach_h,     reach_w,     s.K,         s.C};
   for (int64_t v : limits) {
     if (v >= kIndexLimit) return false;
   }
-  return ceil_div(s.Kg(), IgemmSmall::kBN) <= kMaxGridYZ && s.groups <= kMaxGridYZ &&
-         ceil_div(s.fprop_m(), IgemmSmall::kBM) <= 0x7fffffffLL;
+  return s.groups <= kMaxGridYZ;
+}
+
+bool fprop_shape_ok(const Conv2dShape& s) {
+  return common_shape_ok(s) && s.x.c == 1 && s.w.c == 1 && dense_nhwc_y(s) &&
+         ceil_div(s.Kg(), IgemmSmall::kBN) <= kMaxGridYZ;
+}
+
+bool dgrad_shape_ok(const Conv2dShape& s) {
+  return common_shape_ok(s) && dense_nhwc_x(s) && s.w.c == 1 && dense_nhwc_y(s) &&
+         ceil_div(s.Cg(), IgemmSmall::kBN) <= kMaxGridYZ;
+}
+
+bool wgrad_shape_ok(const Conv2dShape& s) {
+  return common_shape_ok(s) && s.x.c == 1 && dense_krsc_w(s) && dense_nhwc_y(s) &&
+         ceil_div(s.Kg(), IgemmSmall::kBM) <= 0x7fffffffLL && ceil_div(s.wgrad_n(), IgemmSmall::kBN) <= kMaxGridYZ;
 }
 
 template <typename T>
-IgemmFpropParams<T> make_params(const Conv2dShape& s, const T* x, const T* w, T* y, const ConvEpilogue<T>& epi) {
-  IgemmFpropParams<T> p;
-  p.x = x;
-  p.w = w;
-  p.y = y;
-  p.epi = epi;
+IgemmParams<T> make_params(const Conv2dShape& s) {
+  IgemmParams<T> p{};
   p.H = static_cast<int>(s.H);
   p.W = static_cast<int>(s.W);
   p.P = static_cast<int>(s.P);
@@ -391,71 +727,133 @@ IgemmFpropParams<T> make_params(const Conv2dShape& s, const T* x, const T* w, T*
   p.stride_w = static_cast<int>(s.stride_w);
   p.dil_h = static_cast<int>(s.dil_h);
   p.dil_w = static_cast<int>(s.dil_w);
-  p.M = static_cast<int>(s.fprop_m());
-  p.Kgemm = static_cast<int>(s.fprop_k());
+  p.k_tiles_per_split = static_cast<int>(kIndexLimit);  // one split: every k-tile
   p.xs_n = s.x.n;
   p.xs_h = s.x.h;
   p.xs_w = s.x.w;
   p.ws_k = s.w.n;
   p.ws_r = s.w.h;
   p.ws_s = s.w.w;
+  p.ys_n = s.P * s.Q * s.K;
   return p;
 }
 
-// The 16-byte path's preconditions: whole chunks per tap and per filter group, aligned rows.
+// The 16-byte paths' preconditions: whole chunks per tap and per group, 16-byte aligned rows.
 template <typename T>
-bool vec_ok(const Conv2dShape& s, const T* x, const T* w, const T* y, const T* residual) {
+bool vec_ok(const Conv2dShape& s, std::initializer_list<const void*> ptrs) {
   constexpr int64_t V = 16 / sizeof(T);
-  return s.Cg() % V == 0 && s.Kg() % V == 0 && s.x.n % V == 0 && s.x.h % V == 0 && s.x.w % V == 0 &&
-         s.w.n % V == 0 && s.w.h % V == 0 && s.w.w % V == 0 && aligned16(x) && aligned16(w) && aligned16(y) &&
-         (residual == nullptr || aligned16(residual));
+  bool ok = s.Cg() % V == 0 && s.Kg() % V == 0 && s.x.n % V == 0 && s.x.h % V == 0 && s.x.w % V == 0 &&
+            s.w.n % V == 0 && s.w.h % V == 0 && s.w.w % V == 0;
+  for (const void* ptr : ptrs) ok = ok && (ptr == nullptr || aligned16(ptr));
+  return ok;
 }
 
-template <typename Cfg, typename T, bool kVec>
-cudaError_t launch_cfg(const IgemmFpropParams<T>& p, int64_t groups, cudaStream_t stream) {
-  const auto kernel = igemm_fprop_kernel<Cfg, T, kVec>;
+// Large tiles only when both GEMM extents fill them and they still give two blocks per SM.
+template <typename Cfg>
+int64_t tiles(int64_t M, int64_t N, int64_t groups) {
+  return ceil_div(M, Cfg::kBM) * ceil_div(N, Cfg::kBN) * groups;
+}
+bool use_large(int64_t M, int64_t N, int64_t groups) {
+  return N >= IgemmLarge::kBN && M >= IgemmLarge::kBM && tiles<IgemmLarge>(M, N, groups) >= kLargeTileMinBlocks;
+}
+
+template <typename Cfg, typename T, ConvDir kDir, bool kVec>
+cudaError_t launch_cfg(const IgemmParams<T>& p, unsigned int grid_z, cudaStream_t stream) {
+  const auto kernel = igemm_kernel<Cfg, T, kDir, kVec>;
   // Above 48 KB, dynamic shared memory must be opted into (per kernel, idempotent).
   if (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  const dim3 grid(static_cast<unsigned int>(ceil_div(p.M, Cfg::kBM)), static_cast<unsigned int>(ceil_div(p.Kg, Cfg::kBN)),
-                  static_cast<unsigned int>(groups));
+  const dim3 grid(static_cast<unsigned int>(ceil_div(p.M, Cfg::kBM)),
+                  static_cast<unsigned int>(ceil_div(p.Ngemm, Cfg::kBN)), grid_z);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   return launch_status();
+}
+
+template <ConvDir kDir, typename T>
+cudaError_t launch_dir(const IgemmParams<T>& p, bool large, bool vec, unsigned int grid_z, cudaStream_t stream) {
+  if (large) {
+    return vec ? launch_cfg<IgemmLarge, T, kDir, true>(p, grid_z, stream)
+               : launch_cfg<IgemmLarge, T, kDir, false>(p, grid_z, stream);
+  }
+  return vec ? launch_cfg<IgemmSmall, T, kDir, true>(p, grid_z, stream)
+             : launch_cfg<IgemmSmall, T, kDir, false>(p, grid_z, stream);
 }
 
 template <typename T>
 cudaError_t launch_fprop(const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
                          cudaStream_t stream) {
   if (!fprop_shape_ok(s) || x == nullptr || w == nullptr || y == nullptr) return cudaErrorInvalidValue;
-  const IgemmFpropParams<T> p = make_params(s, x, w, y, epi);
-  const bool vec = vec_ok(s, x, w, y, epi.residual);
-  const bool large = s.Kg() >= IgemmLarge::kBN && s.fprop_m() >= IgemmLarge::kBM &&
-                     ceil_div(s.fprop_m(), IgemmLarge::kBM) * ceil_div(s.Kg(), IgemmLarge::kBN) * s.groups >=
-                         kLargeTileMinBlocks;
-  if (large) {
-    return vec ? launch_cfg<IgemmLarge, T, true>(p, s.groups, stream)
-               : launch_cfg<IgemmLarge, T, false>(p, s.groups, stream);
-  }
-  return vec ? launch_cfg<IgemmSmall, T, true>(p, s.groups, stream)
-             : launch_cfg<IgemmSmall, T, false>(p, s.groups, stream);
+  IgemmParams<T> p = make_params<T>(s);
+  p.x = x;
+  p.w = w;
+  p.out = y;
+  p.epi = epi;
+  p.M = static_cast<int>(s.fprop_m());
+  p.Ngemm = static_cast<int>(s.fprop_n());
+  p.Kgemm = static_cast<int>(s.fprop_k());
+  p.out_ld = static_cast<int>(s.K);
+  const bool vec = vec_ok<T>(s, {x, w, y, epi.residual});
+  return launch_dir<ConvDir::kFprop>(p, use_large(p.M, p.Ngemm, s.groups), vec, static_cast<unsigned int>(s.groups),
+                                     stream);
 }
 
-size_t bias_workspace_bytes(int64_t K) {
-  return (static_cast<size_t>(K) * sizeof(float) + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+// wgrad's split-K plan: the tile config, the number of k-slices and k-tiles per slice. Enough slices to
+// give kLargeTileMinBlocks blocks, each at least kMinTilesPerSplit k-tiles long, the grid's z extent and
+// the FP32 partials within workspace_limit (but always at least one slice: every wgrad goes through
+// the workspace so that the result is rounded once, after the fixed-order sum).
+constexpr int64_t kMinTilesPerSplit = 8;
+struct WgradPlan {
+  bool large;
+  int64_t splits, tiles_per_split;
+};
+size_t wgrad_split_bytes(const Conv2dShape& s) {
+  return static_cast<size_t>(s.K) * static_cast<size_t>(s.wgrad_n()) * sizeof(float);
 }
+WgradPlan wgrad_plan(const Conv2dShape& s, size_t workspace_limit) {
+  WgradPlan plan{};
+  const int64_t M = s.wgrad_m(), N = s.wgrad_n();
+  plan.large = M >= IgemmLarge::kBM && N >= IgemmLarge::kBN;
+  const int64_t mn_blocks = plan.large ? tiles<IgemmLarge>(M, N, s.groups) : tiles<IgemmSmall>(M, N, s.groups);
+  const int64_t k_tiles = ceil_div(s.wgrad_k(), IgemmSmall::kBK);
+  int64_t splits = ceil_div(kLargeTileMinBlocks, mn_blocks);
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, k_tiles / kMinTilesPerSplit));
+  splits = std::min<int64_t>(splits, kMaxGridYZ / s.groups);
+  splits = std::min<int64_t>(splits, static_cast<int64_t>(workspace_limit / wgrad_split_bytes(s)));
+  splits = std::max<int64_t>(splits, 1);
+  plan.tiles_per_split = ceil_div(k_tiles, splits);
+  plan.splits = ceil_div(k_tiles, plan.tiles_per_split);  // no empty slice
+  return plan;
+}
+
+size_t align_workspace(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+
+size_t bias_workspace_bytes(int64_t K) { return align_workspace(static_cast<size_t>(K) * sizeof(float)); }
 
 }  // namespace
 
 bool conv2d_implicit_gemm_can_implement(const Conv2dShape& s, ConvDir dir, int elem_bytes) {
-  return dir == ConvDir::kFprop && elem_bytes == 2 && fprop_shape_ok(s);
+  if (elem_bytes != 2) return false;
+  switch (dir) {
+    case ConvDir::kFprop: return fprop_shape_ok(s);
+    case ConvDir::kDgrad: return dgrad_shape_ok(s);
+    case ConvDir::kWgrad: return wgrad_shape_ok(s);
+  }
+  return false;
 }
 
 size_t conv2d_implicit_gemm_workspace_bytes(const Conv2dShape& s, ConvDir dir, int /*elem_bytes*/,
-                                            size_t /*workspace_limit*/) {
-  return dir == ConvDir::kFprop ? bias_workspace_bytes(s.K) : 0;
+                                            size_t workspace_limit) {
+  switch (dir) {
+    case ConvDir::kFprop: return bias_workspace_bytes(s.K);
+    case ConvDir::kDgrad: return 0;
+    case ConvDir::kWgrad:
+      if (!wgrad_shape_ok(s)) return 0;
+      return align_workspace(static_cast<size_t>(wgrad_plan(s, workspace_limit).splits) * wgrad_split_bytes(s));
+  }
+  return 0;
 }
 
 template <typename T>
@@ -485,14 +883,51 @@ cudaError_t conv2d_implicit_gemm_fprop(const Conv2dShape& s, const T* x, const T
   return launch_fprop<T>(s, x, w, epi, y, stream);
 }
 
-// Not implemented yet: can_implement is false for these directions, so the binding never calls them.
+// dx = dgrad(dy, w): M = N·H·W dx pixels, N = Cg channels, K = R·S·Kg; no workspace.
 template <typename T>
-cudaError_t conv2d_implicit_gemm_dgrad(const Conv2dShape&, const T*, const T*, T*, void*, size_t, cudaStream_t) {
-  return cudaErrorInvalidValue;
+cudaError_t conv2d_implicit_gemm_dgrad(const Conv2dShape& s, const T* dy, const T* w, T* dx, void* /*ws*/,
+                                       size_t /*ws_bytes*/, cudaStream_t stream) {
+  if (!dgrad_shape_ok(s) || dy == nullptr || w == nullptr || dx == nullptr) return cudaErrorInvalidValue;
+  IgemmParams<T> p = make_params<T>(s);
+  p.dy = dy;
+  p.w = w;
+  p.out = dx;
+  p.M = static_cast<int>(s.dgrad_m());
+  p.Ngemm = static_cast<int>(s.dgrad_n());
+  p.Kgemm = static_cast<int>(s.dgrad_k());
+  p.out_ld = static_cast<int>(s.C);
+  const bool vec = vec_ok<T>(s, {dy, w, dx});
+  return launch_dir<ConvDir::kDgrad>(p, use_large(p.M, p.Ngemm, s.groups), vec, static_cast<unsigned int>(s.groups),
+                                     stream);
 }
+
+// dw = wgrad(dy, x): M = Kg filters, N = R·S·Cg taps, K = N·P·Q pixels split into plan.splits slices
+// (FP32 partials in ws), then the fixed-order reduction into dw.
 template <typename T>
-cudaError_t conv2d_implicit_gemm_wgrad(const Conv2dShape&, const T*, const T*, T*, void*, size_t, cudaStream_t) {
-  return cudaErrorInvalidValue;
+cudaError_t conv2d_implicit_gemm_wgrad(const Conv2dShape& s, const T* dy, const T* x, T* dw, void* ws,
+                                       size_t ws_bytes, cudaStream_t stream) {
+  if (!wgrad_shape_ok(s) || dy == nullptr || x == nullptr || dw == nullptr || ws == nullptr ||
+      !aligned16(ws) || ws_bytes < wgrad_split_bytes(s)) {
+    return cudaErrorInvalidValue;
+  }
+  // The same plan workspace_bytes made: ws_bytes covers exactly that many slices.
+  const WgradPlan plan = wgrad_plan(s, ws_bytes);
+  IgemmParams<T> p = make_params<T>(s);
+  p.dy = dy;
+  p.x = x;
+  p.partial = static_cast<float*>(ws);
+  p.M = static_cast<int>(s.wgrad_m());
+  p.Ngemm = static_cast<int>(s.wgrad_n());
+  p.Kgemm = static_cast<int>(s.wgrad_k());
+  p.k_tiles_per_split = static_cast<int>(plan.tiles_per_split);
+  const bool vec = vec_ok<T>(s, {dy, x});
+  cudaError_t err = launch_dir<ConvDir::kWgrad>(p, plan.large, vec, static_cast<unsigned int>(plan.splits * s.groups),
+                                                stream);
+  if (err != cudaSuccess) return err;
+  const int64_t total = s.K * s.wgrad_n();
+  wgrad_reduce_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(p.partial, static_cast<int>(plan.splits), total,
+                                                                    dw);
+  return launch_status();
 }
 
 #define FASTCONV_INSTANTIATE_IGEMM(T)                                                                             \

@@ -1,4 +1,5 @@
-// igemm_harness.cu — standalone check + timing of the tensor-core implicit-GEMM fprop (conv2d_igemm_tc.cu).
+// igemm_harness.cu — standalone check + timing of the tensor-core implicit GEMM (conv2d_igemm_tc.cu):
+// fprop, dgrad and wgrad.
 //
 //   make -C csrc dev && ./csrc/build/dev/igemm_harness
 //
@@ -10,9 +11,12 @@
 //    rounded inputs on the CPU in double, epilogue in double. Pass: |gpu − ref| <= atol + rtol·|ref|,
 //    rtol = one unit of the output format's rounding (2^-10 half, 2^-7 bf16), atol = 1e-3. The maximum
 //    error per case is printed.
+//    dgrad and wgrad on the same shapes against double CPU references (scatter-form loops over y), with
+//    the tolerance widened by sqrt(terms)·2^-8·rtol for the FP32 sums of many products; wgrad runs
+//    with the split-K workspace that workspace_bytes reports (1 GiB limit).
 // 2. Timing: fprop + folded-BN + ReLU epilogue on ResNet-50 layers at N = 32 (CUDA events, warm-up,
 //    median of kReps), printed as ms, TFLOP/s, % of 798 TFLOP/s (our measured bf16 GEMM on the H100)
-//    and compulsory-traffic GB/s.
+//    and compulsory-traffic GB/s; then bf16 dgrad and wgrad on the same layers.
 // Exit status 1 when any check fails or a CUDA call errors.
 #include <algorithm>
 #include <cmath>
@@ -241,6 +245,152 @@ bool time_case(const Case& cs) {
   return true;
 }
 
+// ---- dgrad / wgrad: CPU references (double accumulation), checks and timings ------------------------
+void ref_dgrad(const Conv2dShape& s, const std::vector<float>& dy, const std::vector<float>& w,
+               std::vector<double>& dx) {
+  std::fill(dx.begin(), dx.end(), 0.0);
+  const int64_t Cg = s.Cg(), Kg = s.Kg();
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q)
+        for (int64_t k = 0; k < s.K; ++k) {
+          const int64_t g = k / Kg;
+          const double d = dy[static_cast<size_t>(s.y.offset(n, k, p, q))];
+          for (int64_t r = 0; r < s.R; ++r)
+            for (int64_t t = 0; t < s.S; ++t) {
+              const int64_t h = s.in_h(p, r), ww = s.in_w(q, t);
+              if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) continue;
+              const float* wp = &w[static_cast<size_t>(k * s.w.n + r * s.w.h + t * s.w.w)];
+              double* xp = &dx[static_cast<size_t>(s.x.offset(n, g * Cg, h, ww))];
+              for (int64_t c = 0; c < Cg; ++c) xp[c] += d * double(wp[c]);
+            }
+        }
+}
+
+void ref_wgrad(const Conv2dShape& s, const std::vector<float>& dy, const std::vector<float>& x,
+               std::vector<double>& dw) {
+  std::fill(dw.begin(), dw.end(), 0.0);
+  const int64_t Cg = s.Cg(), Kg = s.Kg();
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q)
+        for (int64_t k = 0; k < s.K; ++k) {
+          const int64_t g = k / Kg;
+          const double d = dy[static_cast<size_t>(s.y.offset(n, k, p, q))];
+          for (int64_t r = 0; r < s.R; ++r)
+            for (int64_t t = 0; t < s.S; ++t) {
+              const int64_t h = s.in_h(p, r), ww = s.in_w(q, t);
+              if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) continue;
+              const float* xp = &x[static_cast<size_t>(s.x.offset(n, g * Cg, h, ww))];
+              double* wp = &dw[static_cast<size_t>(k * s.w.n + r * s.w.h + t * s.w.w)];
+              for (int64_t c = 0; c < Cg; ++c) wp[c] += d * double(xp[c]);
+            }
+        }
+}
+
+// One dgrad or wgrad check. The output is pre-filled with NaN; a sum over many products gets the
+// tolerance atol + rtol·(|ref| + sqrt(terms)·2^-8), rtol as fprop (inputs in [-1, 1)).
+template <typename T>
+bool check_bwd(const Case& cs, ConvDir dir, int& fails) {
+  const Conv2dShape s = make_shape(cs);
+  const bool dgrad = dir == ConvDir::kDgrad;
+  const char* dname = dgrad ? "dgrad" : "wgrad";
+  if (!conv2d_implicit_gemm_can_implement(s, dir, 2)) {
+    std::printf("FAIL %-28s %-4s %s: can_implement is false\n", cs.name, type_name<T>(), dname);
+    ++fails;
+    return true;
+  }
+  std::vector<float> dy(numel_y(s)), other(dgrad ? numel_w(s) : numel_x(s));
+  fill(dy, 6);
+  fill(other, 7);
+  const std::vector<T> dyt = round_to<T>(dy), ot = round_to<T>(other);
+  std::vector<double> ref(dgrad ? numel_x(s) : numel_w(s));
+  if (dgrad) ref_dgrad(s, dy, other, ref);
+  else ref_wgrad(s, dy, other, ref);
+  const double terms = dgrad ? double(s.Kg() * s.R * s.S) : double(s.N * s.P * s.Q);
+
+  T *d_dy, *d_other, *d_out;
+  void* ws = nullptr;
+  const size_t ws_bytes = conv2d_implicit_gemm_workspace_bytes(s, dir, 2, size_t(1) << 30);
+  CUDA_CHECK(cudaMalloc(&d_dy, dyt.size() * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&d_other, ot.size() * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&d_out, ref.size() * sizeof(T)));
+  if (ws_bytes) CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
+  CUDA_CHECK(cudaMemcpy(d_dy, dyt.data(), dyt.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_other, ot.data(), ot.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemset(d_out, 0xff, ref.size() * sizeof(T)));
+  if (dgrad) CUDA_CHECK(conv2d_implicit_gemm_dgrad<T>(s, d_dy, d_other, d_out, ws, ws_bytes, 0));
+  else CUDA_CHECK(conv2d_implicit_gemm_wgrad<T>(s, d_dy, d_other, d_out, ws, ws_bytes, 0));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<T> out(ref.size());
+  CUDA_CHECK(cudaMemcpy(out.data(), d_out, out.size() * sizeof(T), cudaMemcpyDeviceToHost));
+
+  double max_err = 0.0;
+  size_t bad = 0, first_bad = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    const double got = to_f(out[i]), want = ref[i];
+    const double err = std::fabs(got - want);
+    if (!(err <= 1e-3 + rtol<T>() * (std::fabs(want) + std::sqrt(terms) / 256.0))) {
+      if (bad++ == 0) first_bad = i;
+    }
+    if (err > max_err || std::isnan(err)) max_err = std::isnan(err) ? INFINITY : err;
+  }
+  std::printf("%s %-28s %-4s %-20s max|err| %.3e (workspace %zu B)\n", bad ? "FAIL" : "ok  ", cs.name,
+              type_name<T>(), dname, max_err, ws_bytes);
+  if (bad) {
+    std::printf("     %zu of %zu wrong; first at %zu: got %.6f want %.6f\n", bad, out.size(), first_bad,
+                double(to_f(out[first_bad])), ref[first_bad]);
+    ++fails;
+  }
+  cudaFree(d_dy);
+  cudaFree(d_other);
+  cudaFree(d_out);
+  cudaFree(ws);
+  return true;
+}
+
+template <typename T>
+bool time_bwd(const Case& cs, ConvDir dir) {
+  const Conv2dShape s = make_shape(cs);
+  const bool dgrad = dir == ConvDir::kDgrad;
+  T *d_dy, *d_other, *d_out;
+  void* ws = nullptr;
+  const size_t ws_bytes = conv2d_implicit_gemm_workspace_bytes(s, dir, 2, size_t(1) << 30);
+  const size_t n_other = dgrad ? numel_w(s) : numel_x(s), n_out = dgrad ? numel_x(s) : numel_w(s);
+  CUDA_CHECK(cudaMalloc(&d_dy, numel_y(s) * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&d_other, n_other * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&d_out, n_out * sizeof(T)));
+  if (ws_bytes) CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
+  CUDA_CHECK(cudaMemset(d_dy, 0, numel_y(s) * sizeof(T)));
+  CUDA_CHECK(cudaMemset(d_other, 0, n_other * sizeof(T)));
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms(kReps);
+  for (int i = 0; i < kWarmup + kReps; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0));
+    if (dgrad) CUDA_CHECK(conv2d_implicit_gemm_dgrad<T>(s, d_dy, d_other, d_out, ws, ws_bytes, 0));
+    else CUDA_CHECK(conv2d_implicit_gemm_wgrad<T>(s, d_dy, d_other, d_out, ws, ws_bytes, 0));
+    CUDA_CHECK(cudaEventRecord(e1));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    if (i >= kWarmup) CUDA_CHECK(cudaEventElapsedTime(&ms[i - kWarmup], e0, e1));
+  }
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[kReps / 2];
+  const double tflops = s.fprop_flops() / (med * 1e-3) / 1e12;  // same useful FLOPs as fprop
+  const double bytes = double(numel_x(s) + numel_w(s) + numel_y(s)) * sizeof(T);
+  std::printf("%-30s %-4s %s %9.4f ms %8.1f TFLOP/s (%5.1f %% of %.0f) %8.1f GB/s compulsory\n", cs.name,
+              type_name<T>(), dgrad ? "dgrad" : "wgrad", med, tflops, 100.0 * tflops / kMeasuredBf16GemmTflops,
+              kMeasuredBf16GemmTflops, bytes / (med * 1e-3) / 1e9);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(d_dy);
+  cudaFree(d_other);
+  cudaFree(d_out);
+  cudaFree(ws);
+  return true;
+}
+
 int main() {
   // name, N, C, H, W, K, R, S, pad, stride, dil, groups
   const Case checks[] = {
@@ -265,13 +415,19 @@ int main() {
       ok = ok && check_case<__nv_bfloat16>(c, e, fails);
     }
   }
-  // Directions and dtypes the algorithm does not implement must say so.
+  for (const Case& c : checks) {
+    for (ConvDir d : {ConvDir::kDgrad, ConvDir::kWgrad}) {
+      ok = ok && check_bwd<__half>(c, d, fails);
+      ok = ok && check_bwd<__nv_bfloat16>(c, d, fails);
+    }
+  }
+  // float is not implemented and must say so.
   const Conv2dShape s0 = make_shape(checks[1]);
-  if (conv2d_implicit_gemm_can_implement(s0, ConvDir::kDgrad, 2) ||
-      conv2d_implicit_gemm_can_implement(s0, ConvDir::kWgrad, 2) ||
-      conv2d_implicit_gemm_can_implement(s0, ConvDir::kFprop, 4)) {
-    std::printf("FAIL can_implement accepts dgrad, wgrad or float\n");
-    ++fails;
+  for (ConvDir d : {ConvDir::kFprop, ConvDir::kDgrad, ConvDir::kWgrad}) {
+    if (conv2d_implicit_gemm_can_implement(s0, d, 4)) {
+      std::printf("FAIL can_implement accepts float\n");
+      ++fails;
+    }
   }
 
   const Case timings[] = {
@@ -292,6 +448,11 @@ int main() {
     for (const Case& c : timings) {
       ok = ok && time_case<__nv_bfloat16>(c);
       ok = ok && time_case<__half>(c);
+    }
+    std::printf("== dgrad / wgrad timings (bf16; TFLOP/s counts the fprop FLOPs)\n");
+    for (const Case& c : timings) {
+      ok = ok && time_bwd<__nv_bfloat16>(c, ConvDir::kDgrad);
+      ok = ok && time_bwd<__nv_bfloat16>(c, ConvDir::kWgrad);
     }
   }
   std::printf("%s: %d check failure(s)%s\n", fails == 0 && ok ? "PASS" : "FAIL", fails,

@@ -153,8 +153,8 @@ struct ConvAlgo {
   ConvFns<__half> f16;
   ConvFns<__nv_bfloat16> bf16;
   ConvFns<double> f64;  // all null where the algorithm has no double kernels
-  // Runs on channels_last operands only: fprop computes in channels_last whatever the caller's
-  // format and converts the output back (dgrad/wgrad of such algorithms are not implemented yet).
+  // Runs on channels_last operands only: every direction computes in channels_last whatever the
+  // caller's format and converts its output back.
   bool nhwc_only;
   bool has_double() const { return f64.fprop != nullptr; }
 };
@@ -176,8 +176,8 @@ std::string describe(const Conv2dShape& s) {
 std::string generic_why_not(const Conv2dShape& s) { return "its can_implement rejected " + describe(s); }
 
 std::string implicit_gemm_why_not(const Conv2dShape& s) {
-  return "it implements fprop only (no dgrad/wgrad yet), for float16 and bfloat16 only (no float32/TF32 yet), "
-         "with every size below 2^30; got " + describe(s);
+  return "it implements float16 and bfloat16 only (no float32/TF32 yet), with every size below 2^30; got " +
+         describe(s);
 }
 
 std::string gemm1x1_why_not(const Conv2dShape& s) {
@@ -342,9 +342,12 @@ at::Tensor conv2d_dgrad_cuda(const at::Tensor& grad_output, const at::Tensor& we
   at::Tensor dx = empty_in(in_size, grad_output, fmt);
   if (dx.numel() == 0) return dx;
 
-  const at::Tensor dy = dense(grad_output, fmt);
-  const at::Tensor w = dense(weight, fmt);
-  set_conv_strides(s, fmt);
+  // An NHWC-only algorithm computes into a channels_last dx, converted back to fmt at the end.
+  const MemoryFormat kfmt = a.nhwc_only ? MemoryFormat::ChannelsLast : fmt;
+  if (kfmt != fmt) dx = empty_in(in_size, grad_output, kfmt);
+  const at::Tensor dy = dense(grad_output, kfmt);
+  const at::Tensor w = dense(weight, kfmt);
+  set_conv_strides(s, kfmt);
   const at::Tensor ws = conv_workspace(a, s, ConvDir::kDgrad, dy, op);
 
   dispatch_float(dy.scalar_type(), [&](auto tag) {
@@ -354,7 +357,7 @@ at::Tensor conv2d_dgrad_cuda(const at::Tensor& grad_output, const at::Tensor& we
     check_cuda(f.dgrad(s, cptr<T>(dy), cptr<T>(w), ptr<T>(dx), ws.data_ptr(), static_cast<size_t>(ws.numel()), stream),
                op, a.name);
   });
-  return dx;
+  return kfmt == fmt ? dx : dx.contiguous(fmt);
 }
 
 at::Tensor conv2d_wgrad_cuda(const at::Tensor& grad_output, const at::Tensor& input, c10::SymIntArrayRef weight_size,
@@ -382,9 +385,12 @@ at::Tensor conv2d_wgrad_cuda(const at::Tensor& grad_output, const at::Tensor& in
     return dw;
   }
 
-  const at::Tensor x = dense(input, fmt);
-  const at::Tensor dy = dense(grad_output, fmt);
-  set_conv_strides(s, fmt);
+  // An NHWC-only algorithm computes into a KRSC dw, converted back to fmt at the end.
+  const MemoryFormat kfmt = a.nhwc_only ? MemoryFormat::ChannelsLast : fmt;
+  if (kfmt != fmt) dw = empty_in(w_size, input, kfmt);
+  const at::Tensor x = dense(input, kfmt);
+  const at::Tensor dy = dense(grad_output, kfmt);
+  set_conv_strides(s, kfmt);
   const at::Tensor ws = conv_workspace(a, s, ConvDir::kWgrad, x, op);
 
   dispatch_float(x.scalar_type(), [&](auto tag) {
@@ -394,7 +400,7 @@ at::Tensor conv2d_wgrad_cuda(const at::Tensor& grad_output, const at::Tensor& in
     check_cuda(f.wgrad(s, cptr<T>(dy), cptr<T>(x), ptr<T>(dw), ws.data_ptr(), static_cast<size_t>(ws.numel()), stream),
                op, a.name);
   });
-  return dw;
+  return kfmt == fmt ? dw : dw.contiguous(fmt);
 }
 
 // ---- pooling --------------------------------------------------------------------------------------

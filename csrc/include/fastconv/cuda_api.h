@@ -55,11 +55,12 @@ FASTCONV_DECLARE_CONV_ALGO(im2col)
 // conv2d_1x1.cu — R = S = 1, no padding, any stride/groups; T in {float, __half, __nv_bfloat16}.
 FASTCONV_DECLARE_CONV_ALGO(gemm1x1)
 // conv2d_igemm_tc.cu — tensor-core implicit GEMM (sm_80+ mma.sync.m16n8k16, FP32 accumulate) on
-// NHWC x / KRSC w / NPQK y (channels_last tensors; y dense). T in {__half, __nv_bfloat16}; float
-// (TF32 / exact FP32) is not implemented yet. can_implement is true for fprop only (dgrad and wgrad
-// are not implemented yet; their launchers return cudaErrorInvalidValue). Any C, K, groups, stride,
+// NHWC x / KRSC w / NPQK y (channels_last tensors; y, dy, dx and dw dense). T in {__half, __nv_bfloat16};
+// float (TF32 / exact FP32) is not implemented yet. fprop, dgrad and wgrad; any C, K, groups, stride,
 // padding, dilation: the 16-byte cp.async path needs C/groups and K/groups multiples of 8, any other
-// size runs the predicated element-wise path. fprop's workspace holds the bias converted to float.
+// size runs the predicated element-wise path. Workspace: fprop the bias converted to float; dgrad
+// none; wgrad FP32 split-K partials (as many K·R·S·C/groups slices as workspace_limit allows, at
+// least one), summed in a fixed order (deterministic, no atomics).
 FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
 
 #undef FASTCONV_DECLARE_CONV_ALGO
