@@ -12,7 +12,9 @@ and the conv/bn, convN/bnN attribute pairs of the blocks of fastconv.models and 
 (BasicBlock, Bottleneck, BasicConv2d).
 
 Epilogue fusion (a following ReLU, and the residual add + ReLU of ResNet blocks, computed in the
-conv kernel's epilogue) comes once the conv kernels have epilogues; until then this folds only.
+conv kernel's epilogue) is not done here yet: the fused op exists (fastconv.fused.conv2d_bias_act,
+CPU-tested; its tensor-core epilogue has not run on a GPU), and wiring it into this pass is the
+tensor-core issue's follow-up. Until then this folds only.
 """
 
 from __future__ import annotations
