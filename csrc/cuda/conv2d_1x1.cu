@@ -11,7 +11,7 @@
 // Kernels (grid-stride loops, one thread per element, 64-bit indices):
 //   gather_kernel        buf element <- x(n, c, p·sh, q·sw)
 //   scatter_kernel       dx(n, c, h, w) <- buf element, or 0 where no output pixel reads (h, w)
-//   fill_bias_kernel     y = bias[k] (the GEMM then accumulates with beta = 1)
+//   fill_bias (gemm_groups.cuh) y = bias[k] (the GEMM then accumulates with beta = 1)
 //   wgrad_store_kernel   dw = T(fp32 accumulator)
 // wgrad accumulates in an FP32 workspace over chunks (beta = 0 first, 1 after); NCHW packs dy and x
 // to [channels][n][pq] so a single GEMM per chunk reduces over all its pixels.
@@ -85,17 +85,6 @@ scatter_kernel(Conv2dShape s, const T* __restrict__ buf, int64_t n0, BufLayout b
       if (p < s.P && q < s.Q) v = buf[bl.offset(n, c, p * s.Q + q)];
     }
     dx[s.x.offset(n0 + n, c, h, w)] = v;
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-fill_bias_kernel(Conv2dShape s, const T* __restrict__ bias, int64_t n0, int64_t nb, T* __restrict__ y) {
-  const int64_t PQ = s.P * s.Q, total = nb * s.K * PQ;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t pq = i % PQ, k = (i / PQ) % s.K, n = i / (PQ * s.K);
-    y[s.y.offset(n0 + n, k, pq / s.Q, pq % s.Q)] = bias[k];
   }
 }
 
@@ -192,7 +181,7 @@ cudaError_t conv2d_gemm1x1_fprop(const Conv2dShape& s, const T* x, const T* w, c
     }
     float beta = 0.f;
     if (bias != nullptr) {
-      fill_bias_kernel<T><<<grid_for(nb * s.K * PQ, kThreads), kThreads, 0, stream>>>(s, bias, n0, nb, y);
+      fill_bias<T>(s, bias, n0, nb, y, stream);
       if ((e = launch_status()) != cudaSuccess) return e;
       beta = 1.f;
     }

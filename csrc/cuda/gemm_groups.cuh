@@ -1,9 +1,11 @@
-// Host-side helper shared by the GEMM-based convolutions (im2col.cu, conv2d_1x1.cu): one
-// convolution step is a GEMM per (group, image); gemm_simt batches over one of the two.
+// Pieces shared by the GEMM-based convolutions (im2col.cu, conv2d_1x1.cu): one convolution step is a
+// GEMM per (group, image), batched over one of the two; a bias is laid down first so the GEMM can
+// accumulate onto it (beta = 1) and the output is rounded once.
 #pragma once
 
 #include <cstdint>
 
+#include "common.cuh"
 #include "fastconv/cuda_api.h"
 
 namespace fastconv {
@@ -33,6 +35,26 @@ cudaError_t gemm_groups_images(const GemmCall& gc, int64_t groups, int64_t image
     }
   }
   return cudaSuccess;
+}
+
+constexpr int kFillBiasThreads = 256;
+
+// One thread per output element of images [n0, n0 + nb): y = bias[k].
+template <typename T>
+__global__ void __launch_bounds__(kFillBiasThreads)
+fill_bias_kernel(Conv2dShape s, const T* __restrict__ bias, int64_t n0, int64_t nb, T* __restrict__ y) {
+  const int64_t PQ = s.P * s.Q, total = nb * s.K * PQ;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t pq = i % PQ, k = (i / PQ) % s.K, n = i / (PQ * s.K);
+    y[s.y.offset(n0 + n, k, pq / s.Q, pq % s.Q)] = bias[k];
+  }
+}
+
+template <typename T>
+void fill_bias(const Conv2dShape& s, const T* bias, int64_t n0, int64_t nb, T* y, cudaStream_t stream) {
+  fill_bias_kernel<T><<<grid_for(nb * s.K * s.P * s.Q, kFillBiasThreads), kFillBiasThreads, 0, stream>>>(
+      s, bias, n0, nb, y);
 }
 
 }  // namespace cuda

@@ -12,7 +12,7 @@
 //   im2col_kernel   one thread per column element; reads x through its strides (zero in padding).
 //   col2im_kernel   one thread per dx element; gathers every (r, s) tap that reads it (no atomics,
 //                   deterministic).
-//   fill_bias_kernel  one thread per output element of the chunk: y = bias[k] (GEMM then adds, beta=1).
+//   fill_bias (gemm_groups.cuh): y = bias[k] over the chunk (GEMM then adds, beta=1).
 //   wgrad_store_kernel one thread per weight: dw = T(fp32 accumulator).
 // Launchers:
 //   fprop  per chunk: im2col, then per group y_g = W_g · col_g (+ bias)
@@ -149,17 +149,6 @@ col2im_kernel(Conv2dShape s, FilterMap fm, ColLayout cl, const T* __restrict__ c
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-fill_bias_kernel(Conv2dShape s, const T* __restrict__ bias, int64_t n0, int64_t nb, T* __restrict__ y) {
-  const int64_t PQ = s.P * s.Q, total = nb * s.K * PQ;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t pq = i % PQ, k = (i / PQ) % s.K, n = i / (PQ * s.K);
-    y[s.y.offset(n0 + n, k, pq / s.Q, pq % s.Q)] = bias[k];
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
 wgrad_store_kernel(int64_t K, int64_t CgRS, int64_t ldw, const float* __restrict__ acc, T* __restrict__ dw) {
   const int64_t total = K * CgRS;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -247,7 +236,7 @@ cudaError_t conv2d_im2col_fprop(const Conv2dShape& s, const T* x, const T* w, co
     if (e != cudaSuccess) return e;
     float beta = 0.f;
     if (bias != nullptr) {
-      fill_bias_kernel<T><<<grid_for(nb * s.K * PQ, kThreads), kThreads, 0, stream>>>(s, bias, n0, nb, y);
+      fill_bias<T>(s, bias, n0, nb, y, stream);
       if ((e = launch_status()) != cudaSuccess) return e;
       beta = 1.f;
     }
