@@ -127,9 +127,9 @@ bn_stats_partial_kernel(const BnGeom g, const T* __restrict__ x, AccT<T>* __rest
                         AccT<T>* __restrict__ p_m2, AccT<T>* __restrict__ p_cnt) {
   using Acc = AccT<T>;
   constexpr int K = kNHWC ? V : 1;  // Welford states per thread (one per owned channel)
-  __shared__ Acc sh_mean[K][BnConfig::kThreads];
-  __shared__ Acc sh_m2[K][BnConfig::kThreads];
-  __shared__ Acc sh_cnt[BnConfig::kThreads];
+  FC_SHARED(Acc, sh_mean, [K][BnConfig::kThreads]);
+  FC_SHARED(Acc, sh_m2, [K][BnConfig::kThreads]);
+  FC_SHARED(Acc, sh_cnt, [BnConfig::kThreads]);
 
   const int64_t s = blockIdx.y;
   Acc mean[K], m2[K], cnt = Acc(0);
@@ -251,8 +251,8 @@ bn_grad_partial_kernel(const BnGeom g, const T* __restrict__ dy, const T* __rest
                        AccT<T>* __restrict__ p_sdyx) {
   using Acc = AccT<T>;
   constexpr int K = kNHWC ? V : 1;
-  __shared__ Acc sh_a[K][BnConfig::kThreads];
-  __shared__ Acc sh_b[K][BnConfig::kThreads];
+  FC_SHARED(Acc, sh_a, [K][BnConfig::kThreads]);
+  FC_SHARED(Acc, sh_b, [K][BnConfig::kThreads]);
 
   const int64_t s = blockIdx.y;
   Acc sdy[K], sdyx[K], mu[K];
@@ -635,21 +635,21 @@ cudaError_t batch_norm_train_fwd(const BatchNormShape& s, const T* x, const AccT
   Acc* p_cnt = p_m2 + pl.g.C * pl.g.S;
   constexpr int VW = kVecWidth<T>;
   const bool nhwc = pl.layout == BnLayout::kNHWC;
-  if (nhwc && pl.V == VW) bn_stats_partial_kernel<T, VW, true><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, x, p_mean, p_m2, p_cnt);
-  else if (nhwc) bn_stats_partial_kernel<T, 1, true><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, x, p_mean, p_m2, p_cnt);
-  else if (pl.V == VW) bn_stats_partial_kernel<T, VW, false><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, x, p_mean, p_m2, p_cnt);
-  else bn_stats_partial_kernel<T, 1, false><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, x, p_mean, p_m2, p_cnt);
+  if (nhwc && pl.V == VW) FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_stats_partial_kernel<T, VW, true>)(pl.g, x, p_mean, p_m2, p_cnt);
+  else if (nhwc) FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_stats_partial_kernel<T, 1, true>)(pl.g, x, p_mean, p_m2, p_cnt);
+  else if (pl.V == VW) FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_stats_partial_kernel<T, VW, false>)(pl.g, x, p_mean, p_m2, p_cnt);
+  else FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_stats_partial_kernel<T, 1, false>)(pl.g, x, p_mean, p_m2, p_cnt);
   cudaError_t err = launch_status();
   if (err != cudaSuccess) return err;
-  bn_stats_finalize_kernel<Acc><<<finalize_blocks(s.C), BnConfig::kThreads, 0, stream>>>(
+  FC_LAUNCH(finalize_blocks(s.C), BnConfig::kThreads, 0, stream, bn_stats_finalize_kernel<Acc>)(
       pl.g, eps, p_mean, p_m2, p_cnt, save_mean, save_invstd, batch_var);
   err = launch_status();
   if (err != cudaSuccess || s.count() == 0) return err;
   FwdParams<Acc> prm{save_mean, save_invstd, false, Acc(0), weight, bias, relu};
-  if (nhwc && pl.V == VW) bn_fwd_apply_kernel<T, VW, true><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
-  else if (nhwc) bn_fwd_apply_kernel<T, 1, true><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
-  else if (pl.V == VW) bn_fwd_apply_kernel<T, VW, false><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
-  else bn_fwd_apply_kernel<T, 1, false><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
+  if (nhwc && pl.V == VW) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, VW, true>)(pl.g, x, y, prm);
+  else if (nhwc) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, 1, true>)(pl.g, x, y, prm);
+  else if (pl.V == VW) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, VW, false>)(pl.g, x, y, prm);
+  else FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, 1, false>)(pl.g, x, y, prm);
   return launch_status();
 }
 
@@ -664,10 +664,10 @@ cudaError_t batch_norm_eval_fwd(const BatchNormShape& s, const T* x, const AccT<
   FwdParams<Acc> prm{running_mean, running_var, true, static_cast<Acc>(eps), weight, bias, relu};
   constexpr int VW = kVecWidth<T>;
   const bool nhwc = pl.layout == BnLayout::kNHWC;
-  if (nhwc && pl.V == VW) bn_fwd_apply_kernel<T, VW, true><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
-  else if (nhwc) bn_fwd_apply_kernel<T, 1, true><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
-  else if (pl.V == VW) bn_fwd_apply_kernel<T, VW, false><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
-  else bn_fwd_apply_kernel<T, 1, false><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, x, y, prm);
+  if (nhwc && pl.V == VW) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, VW, true>)(pl.g, x, y, prm);
+  else if (nhwc) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, 1, true>)(pl.g, x, y, prm);
+  else if (pl.V == VW) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, VW, false>)(pl.g, x, y, prm);
+  else FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_fwd_apply_kernel<T, 1, false>)(pl.g, x, y, prm);
   return launch_status();
 }
 
@@ -692,23 +692,23 @@ cudaError_t batch_norm_bwd(const BatchNormShape& s, const T* dy, const T* x, con
     Acc* p_sdyx = p_sdy + pl.g.C * pl.g.S;
     coef_mdy = p_sdyx + 2 * pl.g.C * pl.g.S;  // after the 3·C·S partial region
     coef_k = coef_mdy + pl.g.C;
-    if (nhwc && pl.V == VW) bn_grad_partial_kernel<T, VW, true><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
-    else if (nhwc) bn_grad_partial_kernel<T, 1, true><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
-    else if (pl.V == VW) bn_grad_partial_kernel<T, VW, false><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
-    else bn_grad_partial_kernel<T, 1, false><<<pl.red_grid, pl.red_block, 0, stream>>>(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
+    if (nhwc && pl.V == VW) FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_grad_partial_kernel<T, VW, true>)(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
+    else if (nhwc) FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_grad_partial_kernel<T, 1, true>)(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
+    else if (pl.V == VW) FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_grad_partial_kernel<T, VW, false>)(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
+    else FC_LAUNCH(pl.red_grid, pl.red_block, 0, stream, bn_grad_partial_kernel<T, 1, false>)(pl.g, dy, x, y, relu, mean, p_sdy, p_sdyx);
     cudaError_t err = launch_status();
     if (err != cudaSuccess) return err;
-    bn_grad_finalize_kernel<Acc><<<finalize_blocks(s.C), BnConfig::kThreads, 0, stream>>>(
+    FC_LAUNCH(finalize_blocks(s.C), BnConfig::kThreads, 0, stream, bn_grad_finalize_kernel<Acc>)(
         pl.g, p_sdy, p_sdyx, invstd, dweight, dbias, coef_mdy, coef_k);
     err = launch_status();
     if (err != cudaSuccess) return err;
   }
   if (!dx || s.count() == 0) return cudaSuccess;
   BwdParams<Acc> prm{mean, invstd, weight, coef_mdy, coef_k, train, relu};
-  if (nhwc && pl.V == VW) bn_bwd_apply_kernel<T, VW, true><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, dy, x, y, dx, prm);
-  else if (nhwc) bn_bwd_apply_kernel<T, 1, true><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, dy, x, y, dx, prm);
-  else if (pl.V == VW) bn_bwd_apply_kernel<T, VW, false><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, dy, x, y, dx, prm);
-  else bn_bwd_apply_kernel<T, 1, false><<<pl.ew_grid, pl.ew_block, 0, stream>>>(pl.g, dy, x, y, dx, prm);
+  if (nhwc && pl.V == VW) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_bwd_apply_kernel<T, VW, true>)(pl.g, dy, x, y, dx, prm);
+  else if (nhwc) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_bwd_apply_kernel<T, 1, true>)(pl.g, dy, x, y, dx, prm);
+  else if (pl.V == VW) FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_bwd_apply_kernel<T, VW, false>)(pl.g, dy, x, y, dx, prm);
+  else FC_LAUNCH(pl.ew_grid, pl.ew_block, 0, stream, bn_bwd_apply_kernel<T, 1, false>)(pl.g, dy, x, y, dx, prm);
   return launch_status();
 }
 
@@ -718,7 +718,7 @@ cudaError_t batch_norm_update_running_stats(int64_t C, const A* save_mean, const
   if (C <= 0) return cudaSuccess;
   // torch's unbiased correction; count == 1 gives inf, as there.
   const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
-  bn_update_running_kernel<A><<<grid_for(C, BnConfig::kThreads), BnConfig::kThreads, 0, stream>>>(
+  FC_LAUNCH(grid_for(C, BnConfig::kThreads), BnConfig::kThreads, 0, stream, bn_update_running_kernel<A>)(
       C, save_mean, batch_var, static_cast<A>(unbias), static_cast<A>(factor), running_mean, running_var);
   return launch_status();
 }

@@ -9,6 +9,7 @@
 
 #include "fastconv/cuda_api.h"
 #include "fastconv/shapes.h"
+#include "seams.cuh"
 
 namespace fastconv {
 namespace cuda {

@@ -141,7 +141,7 @@ int64_t chunk_images(const Conv2dShape& s, const Plan& pl, size_t ws_bytes) {
 template <typename T>
 cudaError_t launch_gather(const T* src, const Strides4& st, int64_t Q, int64_t sh, int64_t sw, int64_t n0,
                           const BufLayout& bl, T* dst, cudaStream_t stream) {
-  gather_kernel<T><<<grid_for(bl.nb * bl.C * bl.PQ, kThreads), kThreads, 0, stream>>>(src, st, Q, sh, sw, n0, bl, dst);
+  FC_LAUNCH(grid_for(bl.nb * bl.C * bl.PQ, kThreads), kThreads, 0, stream, gather_kernel<T>)(src, st, Q, sh, sw, n0, bl, dst);
   return launch_status();
 }
 
@@ -235,7 +235,7 @@ cudaError_t conv2d_gemm1x1_dgrad(const Conv2dShape& s, const T* dy, const T* w, 
     }
     if (e != cudaSuccess) return e;
     if (scatter) {
-      scatter_kernel<T><<<grid_for(nb * s.C * HW, kThreads), kThreads, 0, stream>>>(s, buf, n0, bl, dx);
+      FC_LAUNCH(grid_for(nb * s.C * HW, kThreads), kThreads, 0, stream, scatter_kernel<T>)(s, buf, n0, bl, dx);
       if ((e = launch_status()) != cudaSuccess) return e;
     }
   }
@@ -283,7 +283,7 @@ cudaError_t conv2d_gemm1x1_wgrad(const Conv2dShape& s, const T* dy, const T* x, 
     }
     if (e != cudaSuccess) return e;
   }
-  wgrad_store_kernel<T><<<grid_for(s.K * Cg, kThreads), kThreads, 0, stream>>>(s.K * Cg, acc, dw);
+  FC_LAUNCH(grid_for(s.K * Cg, kThreads), kThreads, 0, stream, wgrad_store_kernel<T>)(s.K * Cg, acc, dw);
   return launch_status();
 }
 

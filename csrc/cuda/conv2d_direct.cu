@@ -55,7 +55,7 @@ fprop_tiled_kernel(Conv2dShape s, const T* __restrict__ x, const T* __restrict__
                    T* __restrict__ y, int win_h, int win_w, int tiles_q, int k_tiles) {
   using A = AccT<T>;
   constexpr int TP = FpropCfg::kTileP, TQ = FpropCfg::kTileQ, KB = FpropCfg::kKPerBlock, CC = FpropCfg::kCPerStage;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FC_DYNAMIC_SHARED(16, unsigned char, smem_raw);
   A* xs = reinterpret_cast<A*>(smem_raw);  // [CC][win_h][win_w]
   const int RS = static_cast<int>(s.R * s.S);
   A* wsm = xs + CC * win_h * win_w;  // [CC][R][S][KB]
@@ -128,7 +128,7 @@ fprop_depthwise_kernel(Conv2dShape s, const T* __restrict__ x, const T* __restri
                        T* __restrict__ y, int win_h, int win_w, int tiles_q) {
   using A = AccT<T>;
   constexpr int TP = FpropCfg::kTileP, TQ = FpropCfg::kTileQ;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FC_DYNAMIC_SHARED(16, unsigned char, smem_raw);
   A* xs = reinterpret_cast<A*>(smem_raw);  // [win_h][win_w]
   A* wsm = xs + win_h * win_w;             // [mult][R][S]
   const int64_t mult = s.Kg();
@@ -246,7 +246,7 @@ template <typename T>
 __global__ void __launch_bounds__(WgradCfg::kThreads, 1)
 wgrad_kernel(Conv2dShape s, const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dw) {
   using A = AccT<T>;
-  __shared__ A partial[WgradCfg::kWarps];
+  FC_SHARED(A, partial, [WgradCfg::kWarps]);
   const int64_t Cg = s.Cg(), Kg = s.Kg(), PQ = s.P * s.Q, NPQ = s.N * PQ;
   const int64_t total = s.K * Cg * s.R * s.S;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -301,7 +301,7 @@ cudaError_t conv2d_direct_fprop(const Conv2dShape& s, const T* x, const T* w, co
   const size_t dw_smem = static_cast<size_t>(win_h * win_w + s.Kg() * s.R * s.S) * sizeof(A);
   if (tiles_ok && s.groups == s.C && s.groups > 1 && dw_smem <= FpropCfg::kMaxSmem) {
     const dim3 grid(static_cast<unsigned int>(tiles), cap_grid(s.C), cap_grid(s.N));
-    fprop_depthwise_kernel<T><<<grid, FpropCfg::kThreads, dw_smem, stream>>>(
+    FC_LAUNCH(grid, FpropCfg::kThreads, dw_smem, stream, fprop_depthwise_kernel<T>)(
         s, x, w, bias, y, static_cast<int>(win_h), static_cast<int>(win_w), static_cast<int>(tiles_q));
     return launch_status();
   }
@@ -310,12 +310,12 @@ cudaError_t conv2d_direct_fprop(const Conv2dShape& s, const T* x, const T* w, co
                       sizeof(A);
   if (tiles_ok && smem <= FpropCfg::kMaxSmem && s.groups * k_tiles <= 65535) {
     const dim3 grid(static_cast<unsigned int>(tiles), static_cast<unsigned int>(s.groups * k_tiles), cap_grid(s.N));
-    fprop_tiled_kernel<T><<<grid, FpropCfg::kThreads, smem, stream>>>(
+    FC_LAUNCH(grid, FpropCfg::kThreads, smem, stream, fprop_tiled_kernel<T>)(
         s, x, w, bias, y, static_cast<int>(win_h), static_cast<int>(win_w), static_cast<int>(tiles_q),
         static_cast<int>(k_tiles));
     return launch_status();
   }
-  fprop_naive_kernel<T><<<grid_for(s.N * s.K * s.P * s.Q, ElemCfg::kThreads), ElemCfg::kThreads, 0, stream>>>(
+  FC_LAUNCH(grid_for(s.N * s.K * s.P * s.Q, ElemCfg::kThreads), ElemCfg::kThreads, 0, stream, fprop_naive_kernel<T>)(
       s, x, w, bias, y);
   return launch_status();
 }
@@ -327,7 +327,7 @@ cudaError_t conv2d_direct_dgrad(const Conv2dShape& s, const T* dy, const T* w, T
   (void)ws_bytes;
   if (!s.valid()) return cudaErrorInvalidValue;
   if (s.N == 0) return cudaSuccess;
-  dgrad_kernel<T><<<grid_for(s.N * s.C * s.H * s.W, ElemCfg::kThreads), ElemCfg::kThreads, 0, stream>>>(s, dy, w, dx);
+  FC_LAUNCH(grid_for(s.N * s.C * s.H * s.W, ElemCfg::kThreads), ElemCfg::kThreads, 0, stream, dgrad_kernel<T>)(s, dy, w, dx);
   return launch_status();
 }
 
@@ -340,7 +340,7 @@ cudaError_t conv2d_direct_wgrad(const Conv2dShape& s, const T* dy, const T* x, T
   // N == 0 still launches: every weight gradient is then an empty sum, written as zero.
   const int64_t total = s.K * s.Cg() * s.R * s.S;
   const unsigned int blocks = static_cast<unsigned int>(min64(total, 0x7fffffffLL));
-  wgrad_kernel<T><<<blocks, WgradCfg::kThreads, 0, stream>>>(s, dy, x, dw);
+  FC_LAUNCH(blocks, WgradCfg::kThreads, 0, stream, wgrad_kernel<T>)(s, dy, x, dw);
   return launch_status();
 }
 

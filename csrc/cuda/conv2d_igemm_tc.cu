@@ -46,6 +46,7 @@
 
 #include "common.cuh"
 #include "epilogue.cuh"
+#include "ptx.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -123,49 +124,7 @@ struct RowInfo {
   int h0, w0;    // kInvalidOrigin past M: every later bounds check fails
 };
 static_assert(sizeof(RowInfo) == 16, "the row table is sized at 16 bytes per row");
-// ---- PTX wrappers -----------------------------------------------------------------------------------
-
-__device__ __forceinline__ unsigned int smem_addr(const void* p) {
-  return static_cast<unsigned int>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy; src_bytes = 0 writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async_16(unsigned int dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], unsigned int addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// d += a · b for one 16x8x16 tile (row-major A fragment, column-major B fragment, FP32 accumulators).
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]);
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const unsigned int (&a)[4],
-                                                  const unsigned int (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const unsigned int (&a)[4],
-                                                         const unsigned int (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+// PTX wrappers (cp.async, ldmatrix, mma.sync): ptx.cuh.
 
 // Element offset of (row, chunk) in a swizzled tile of 32-element rows.
 __device__ __forceinline__ int swizzle(int row, int chunk) { return row * 32 + ((chunk ^ ((row >> 1) & 3)) << 3); }
@@ -178,14 +137,6 @@ __device__ __forceinline__ Tap tap_of(int k, int Cg, int S) {
   const int rs = k / Cg;
   const int r = rs / S;
   return Tap{r, rs - r * S, k - rs * Cg};
-}
-
-// ldmatrix with transpose: for tiles stored MN-major ([k][m]), each lane gets the same fragment
-// elements as ldmatrix on the K-major tile.
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned int (&r)[4], unsigned int addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
 }
 
 // MN-major tile of kCols (64 or 128) elements per k row: chunk c of row k at c ^ (k & 7). The 8 k rows
@@ -537,7 +488,7 @@ template <typename Cfg, typename T, ConvDir kDir, bool kVec>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmParams<T> p) {
   constexpr int BM = Cfg::kBM, WM = Cfg::kWM, WN = Cfg::kWN;
   constexpr int kStages = Cfg::kStages, kMmaM = Cfg::kMmaM, kMmaN = Cfg::kMmaN;
-  extern __shared__ __align__(128) unsigned char smem[];
+  FC_DYNAMIC_SHARED(128, unsigned char, smem);
   uint16_t* smem_a = reinterpret_cast<uint16_t*>(smem);             // [kStages][BM·BK]
   uint16_t* smem_b = smem_a + kStages * Cfg::kTileA;                 // [kStages][BN·BK]
   RowInfo* rows = reinterpret_cast<RowInfo*>(smem_b + kStages * Cfg::kTileB);  // [BM], fprop and dgrad
@@ -768,7 +719,7 @@ cudaError_t launch_cfg(const IgemmParams<T>& p, unsigned int grid_z, cudaStream_
   }
   const dim3 grid(static_cast<unsigned int>(ceil_div(p.M, Cfg::kBM)),
                   static_cast<unsigned int>(ceil_div(p.Ngemm, Cfg::kBN)), grid_z);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  FC_LAUNCH(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, kernel)(p);
   return launch_status();
 }
 
@@ -875,7 +826,7 @@ cudaError_t conv2d_implicit_gemm_fprop(const Conv2dShape& s, const T* x, const T
   if (bias != nullptr) {
     if (ws == nullptr || ws_bytes < bias_workspace_bytes(s.K)) return cudaErrorInvalidValue;
     float* bias_acc = static_cast<float*>(ws);
-    bias_to_acc_kernel<T><<<grid_for(s.K, 256, 64), 256, 0, stream>>>(bias, bias_acc, s.K);
+    FC_LAUNCH(grid_for(s.K, 256, 64), 256, 0, stream, bias_to_acc_kernel<T>)(bias, bias_acc, s.K);
     const cudaError_t err = launch_status();
     if (err != cudaSuccess) return err;
     epi.bias = bias_acc;
@@ -925,7 +876,7 @@ cudaError_t conv2d_implicit_gemm_wgrad(const Conv2dShape& s, const T* dy, const 
                                                 stream);
   if (err != cudaSuccess) return err;
   const int64_t total = s.K * s.wgrad_n();
-  wgrad_reduce_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(p.partial, static_cast<int>(plan.splits), total,
+  FC_LAUNCH(grid_for(total, 256), 256, 0, stream, wgrad_reduce_kernel<T>)(p.partial, static_cast<int>(plan.splits), total,
                                                                     dw);
   return launch_status();
 }

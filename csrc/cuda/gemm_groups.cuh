@@ -53,7 +53,7 @@ fill_bias_kernel(Conv2dShape s, const T* __restrict__ bias, int64_t n0, int64_t 
 
 template <typename T>
 void fill_bias(const Conv2dShape& s, const T* bias, int64_t n0, int64_t nb, T* y, cudaStream_t stream) {
-  fill_bias_kernel<T><<<grid_for(nb * s.K * s.P * s.Q, kFillBiasThreads), kFillBiasThreads, 0, stream>>>(
+  FC_LAUNCH(grid_for(nb * s.K * s.P * s.Q, kFillBiasThreads), kFillBiasThreads, 0, stream, fill_bias_kernel<T>)(
       s, bias, n0, nb, y);
 }
 

@@ -126,8 +126,8 @@ gemm_simt_kernel(int64_t M, int64_t N, int64_t K, const T* __restrict__ A, int64
                  float alpha, float beta, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
   constexpr int BM = Tile::kBM, BN = Tile::kBN, BK = Tile::kBK, TM = Tile::kTM, TN = Tile::kTN;
   constexpr int kPad = Tile::kPad;
-  __shared__ __align__(16) float As[BK][BM + kPad];
-  __shared__ __align__(16) float Bs[BK][BN + kPad];
+  FC_SHARED_ALIGNED(16, float, As, [BK][BM + kPad]);
+  FC_SHARED_ALIGNED(16, float, Bs, [BK][BN + kPad]);
 
   const int tid = threadIdx.x;
   const int tx = tid % Tile::kThreadsN;
@@ -207,10 +207,10 @@ cudaError_t launch_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda
                   static_cast<unsigned int>(min64(batch, kMaxGridYZ)));
   constexpr int kV = 16 / sizeof(T);
   if (vec) {
-    gemm_simt_kernel<Tile, T, Out, kV><<<grid, Tile::kThreads, 0, stream>>>(
+    FC_LAUNCH(grid, Tile::kThreads, 0, stream, gemm_simt_kernel<Tile, T, Out, kV>)(
         M, N, K, A, lda, trans_a, B, ldb, trans_b, C, ldc, alpha, beta, batch, stride_a, stride_b, stride_c);
   } else {
-    gemm_simt_kernel<Tile, T, Out, 1><<<grid, Tile::kThreads, 0, stream>>>(
+    FC_LAUNCH(grid, Tile::kThreads, 0, stream, gemm_simt_kernel<Tile, T, Out, 1>)(
         M, N, K, A, lda, trans_a, B, ldb, trans_b, C, ldc, alpha, beta, batch, stride_a, stride_b, stride_c);
   }
   return launch_status();

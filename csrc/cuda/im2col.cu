@@ -193,7 +193,7 @@ int64_t chunk_images(const Conv2dShape& s, const Plan& pl, size_t ws_bytes) {
 template <typename T>
 cudaError_t launch_im2col(const Conv2dShape& s, const FilterMap& fm, const ColLayout& cl, const T* x, int64_t n0,
                           T* col, cudaStream_t stream) {
-  im2col_kernel<T><<<grid_for(cl.nb * cl.PQ * cl.CRS, kThreads), kThreads, 0, stream>>>(s, fm, cl, x, n0, col);
+  FC_LAUNCH(grid_for(cl.nb * cl.PQ * cl.CRS, kThreads), kThreads, 0, stream, im2col_kernel<T>)(s, fm, cl, x, n0, col);
   return launch_status();
 }
 
@@ -284,7 +284,7 @@ cudaError_t conv2d_im2col_dgrad(const Conv2dShape& s, const T* dy, const T* w, T
       e = gemm_groups_images<T, T>(gc, G, nb, w, dyc, col, 0.f, stream);
     }
     if (e != cudaSuccess) return e;
-    col2im_kernel<T><<<grid_for(nb * s.C * s.H * s.W, kThreads), kThreads, 0, stream>>>(s, fm, cl, col, n0, dx);
+    FC_LAUNCH(grid_for(nb * s.C * s.H * s.W, kThreads), kThreads, 0, stream, col2im_kernel<T>)(s, fm, cl, col, n0, dx);
     if ((e = launch_status()) != cudaSuccess) return e;
   }
   return cudaSuccess;
@@ -332,7 +332,7 @@ cudaError_t conv2d_im2col_wgrad(const Conv2dShape& s, const T* dy, const T* x, T
     }
     if (e != cudaSuccess) return e;
   }
-  wgrad_store_kernel<T><<<grid_for(s.K * CgRS, kThreads), kThreads, 0, stream>>>(s.K, CgRS, CgRS, acc, dw);
+  FC_LAUNCH(grid_for(s.K * CgRS, kThreads), kThreads, 0, stream, wgrad_store_kernel<T>)(s.K, CgRS, CgRS, acc, dw);
   return launch_status();
 }
 

@@ -368,7 +368,7 @@ global_avg_nhwc_kernel(const Geom g, int64_t N, Strides4 sx, Strides4 sy, const 
                        T* __restrict__ y) {
   using Acc = AccT<T>;
   constexpr int L = PoolConfig::kGlobalLanes, R = PoolConfig::kGlobalRows;
-  __shared__ Acc part[R][L][V];
+  FC_SHARED(Acc, part, [R][L][V]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int CG = g.C / V;
   const unsigned HW = static_cast<unsigned>(g.H) * g.W;
@@ -481,8 +481,7 @@ cudaError_t max_pool2d_fwd(const Pool2dShape& s, const T* x, T* y, int64_t* idx,
   const bool vec = nhwc && vec_ok<T>(s, x, y);
   const Geom g = make_geom(s);
   return dispatch_pool<T>(nhwc, vec, per, [&](auto v, auto l, int64_t items) {
-    max_pool2d_fwd_kernel<T, decltype(v)::value, decltype(l)::value>
-        <<<pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream>>>(
+    FC_LAUNCH(pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream, max_pool2d_fwd_kernel<T, decltype(v)::value, decltype(l)::value>)(
             g, s.N, static_cast<unsigned>(items), s.x, s.y, x, y, idx);
     return launch_status();
   });
@@ -497,8 +496,7 @@ cudaError_t max_pool2d_bwd(const Pool2dShape& s, const T* dy, const int64_t* idx
   const bool vec = nhwc && vec_ok<T>(s, dx, dy);
   const Geom g = make_geom(s);
   return dispatch_pool<T>(nhwc, vec, per, [&](auto v, auto l, int64_t items) {
-    max_pool2d_bwd_kernel<T, decltype(v)::value, decltype(l)::value>
-        <<<pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream>>>(
+    FC_LAUNCH(pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream, max_pool2d_bwd_kernel<T, decltype(v)::value, decltype(l)::value>)(
             g, s.N, static_cast<unsigned>(items), s.x, s.y, dy, idx, dx);
     return launch_status();
   });
@@ -515,8 +513,7 @@ cudaError_t avg_pool2d_fwd(const Pool2dShape& s, bool count_include_pad, int64_t
   const Geom g = make_geom(s);
   const int div = static_cast<int>(divisor_override > 0 ? divisor_override : 0);
   return dispatch_pool<T>(nhwc, vec, per, [&](auto v, auto l, int64_t items) {
-    avg_pool2d_fwd_kernel<T, decltype(v)::value, decltype(l)::value>
-        <<<pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream>>>(
+    FC_LAUNCH(pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream, avg_pool2d_fwd_kernel<T, decltype(v)::value, decltype(l)::value>)(
             g, s.N, static_cast<unsigned>(items), s.x, s.y, count_include_pad, div, x, y);
     return launch_status();
   });
@@ -533,8 +530,7 @@ cudaError_t avg_pool2d_bwd(const Pool2dShape& s, bool count_include_pad, int64_t
   const Geom g = make_geom(s);
   const int div = static_cast<int>(divisor_override > 0 ? divisor_override : 0);
   return dispatch_pool<T>(nhwc, vec, per, [&](auto v, auto l, int64_t items) {
-    avg_pool2d_bwd_kernel<T, decltype(v)::value, decltype(l)::value>
-        <<<pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream>>>(
+    FC_LAUNCH(pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream, avg_pool2d_bwd_kernel<T, decltype(v)::value, decltype(l)::value>)(
             g, s.N, static_cast<unsigned>(items), s.x, s.y, count_include_pad, div, dy, dx);
     return launch_status();
   });
@@ -553,22 +549,20 @@ cudaError_t adaptive_avg_pool2d_fwd(const Pool2dShape& s, const T* x, T* y, cuda
       const dim3 block(PoolConfig::kGlobalLanes, PoolConfig::kGlobalRows);
       if (vec_ok<T>(s, x, y)) {
         constexpr int V = kVecWidth<T>;
-        global_avg_nhwc_kernel<T, V><<<pool_grid(s.N, s.C / V, PoolConfig::kGlobalLanes), block, 0, stream>>>(
+        FC_LAUNCH(pool_grid(s.N, s.C / V, PoolConfig::kGlobalLanes), block, 0, stream, global_avg_nhwc_kernel<T, V>)(
             g, s.N, s.x, s.y, x, y);
       } else {
-        global_avg_nhwc_kernel<T, 1><<<pool_grid(s.N, s.C, PoolConfig::kGlobalLanes), block, 0, stream>>>(
+        FC_LAUNCH(pool_grid(s.N, s.C, PoolConfig::kGlobalLanes), block, 0, stream, global_avg_nhwc_kernel<T, 1>)(
             g, s.N, s.x, s.y, x, y);
       }
     } else {
-      global_avg_nchw_kernel<T><<<pool_grid(s.N, s.C, PoolConfig::kWarpsPerBlock), PoolConfig::kThreads, 0,
-                                  stream>>>(g, s.N, s.x, s.y, x, y);
+      FC_LAUNCH(pool_grid(s.N, s.C, PoolConfig::kWarpsPerBlock), PoolConfig::kThreads, 0, stream, global_avg_nchw_kernel<T>)(g, s.N, s.x, s.y, x, y);
     }
     return launch_status();
   }
   const bool vec = nhwc && vec_ok<T>(s, x, y);
   return dispatch_pool<T>(nhwc, vec, per, [&](auto v, auto l, int64_t items) {
-    adaptive_avg_pool2d_fwd_kernel<T, decltype(v)::value, decltype(l)::value>
-        <<<pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream>>>(
+    FC_LAUNCH(pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream, adaptive_avg_pool2d_fwd_kernel<T, decltype(v)::value, decltype(l)::value>)(
             g, s.N, static_cast<unsigned>(items), s.x, s.y, x, y);
     return launch_status();
   });
@@ -585,8 +579,7 @@ cudaError_t adaptive_avg_pool2d_bwd(const Pool2dShape& s, const T* dy, T* dx, cu
   const bool vec = nhwc && vec_ok<T>(s, dx, dy);
   const Geom g = make_geom(s);
   return dispatch_pool<T>(nhwc, vec, per, [&](auto v, auto l, int64_t items) {
-    adaptive_avg_pool2d_bwd_kernel<T, decltype(v)::value, decltype(l)::value>
-        <<<pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream>>>(
+    FC_LAUNCH(pool_grid(s.N, items, PoolConfig::kThreads), PoolConfig::kThreads, 0, stream, adaptive_avg_pool2d_bwd_kernel<T, decltype(v)::value, decltype(l)::value>)(
             g, s.N, static_cast<unsigned>(items), s.x, s.y, dy, dx);
     return launch_status();
   });

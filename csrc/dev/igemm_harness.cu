@@ -430,6 +430,11 @@ int main() {
     }
   }
 
+#if defined(FASTCONV_EMU)
+  std::printf("%s: %d check failure(s)%s\n", fails == 0 && ok ? "PASS" : "FAIL", fails,
+              ok ? "" : ", CUDA error (see above)");
+  return fails == 0 && ok ? 0 : 1;  // the emulated device has no timeline: checks only
+#endif
   const Case timings[] = {
       {"resnet50 stem 7x7/2 3->64 224", 32, 3, 224, 224, 64, 7, 7, 3, 2, 1, 1},
       {"res2 1x1 64->64 56", 32, 64, 56, 56, 64, 1, 1, 0, 1, 1, 1},
