@@ -74,6 +74,8 @@ void __tsan_ignore_thread_end(void);
 namespace fc_emu {
 namespace {
 
+std::string thread_label_of_current();  // for the ASan death callback
+
 constexpr size_t kPoisonByte = 0xff;  // NaN in every float format, -1 in every integer
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr unsigned kMaxBlockDimZ = 64;
@@ -119,7 +121,13 @@ struct DeviceState {
   bool abort_on_fault = false;
   bool quiet = false;
 #if defined(FASTCONV_EMU_TSAN)
-  char host_sync = 0;  // host <-> kernel happens-before
+  // Host -> kernel: the host releases host_sync before a launch, every CUDA thread acquires it when
+  // it starts. Kernel -> host: every CUDA thread releases exit_sync when it ends (or is abandoned),
+  // the host acquires it. Two objects, so that no CUDA thread acquires what another one released:
+  // one object for both would order all of thread 0 (run first, up to its first wait) before
+  // thread 1's start and hide every race between them that a missing __syncthreads makes.
+  char host_sync = 0;
+  char exit_sync = 0;
 #endif
   DeviceState() {
     const char* arch = std::getenv("FASTCONV_EMU_ARCH");
@@ -128,6 +136,13 @@ struct DeviceState {
     if (counters_on) std::atexit([] { print_counters(stdout); });
     abort_on_fault = env_flag("FASTCONV_EMU_ABORT");
     quiet = env_flag("FASTCONV_EMU_QUIET");
+#if defined(FC_EMU_ASAN)
+    // An ASan report names the host thread only: add the CUDA coordinates of the running fiber.
+    __sanitizer_set_death_callback([] {
+      const std::string who = thread_label_of_current();
+      if (!who.empty()) std::fprintf(stderr, "fastconv-emu: the faulting access was made by %s\n", who.c_str());
+    });
+#endif
   }
 };
 DeviceState& dev() {
@@ -233,7 +248,21 @@ std::string kernel_label(const Exec& ex) {
   s += buf;
   // The launcher's template arguments say which instantiation this is.
   const char* with = ex.spec.context ? std::strstr(ex.spec.context, "[with ") : nullptr;
-  if (with != nullptr) s += std::string(" ") + with;
+  if (with != nullptr) {
+    // Keep the template arguments, drop the typedefs of the signature (cudaError_t = ..., ...).
+    std::string args(with + 6), kept;
+    if (!args.empty() && args.back() == ']') args.pop_back();
+    size_t pos = 0;
+    while (pos <= args.size()) {
+      size_t end = args.find("; ", pos);
+      if (end == std::string::npos) end = args.size();
+      const std::string item = args.substr(pos, end - pos);
+      if (item.rfind("cudaError_t", 0) != 0 && item.rfind("cudaStream_t", 0) != 0 && item.rfind("size_t", 0) != 0)
+        kept += (kept.empty() ? "" : "; ") + item;
+      pos = end + 2;
+    }
+    if (!kept.empty()) s += " [" + kept + "]";
+  }
   return s;
 }
 std::string where(const char* file, int line) {
@@ -247,6 +276,14 @@ std::string thread_label(const Thread& t) {
   std::snprintf(buf, sizeof(buf), "thread (%u,%u,%u) [warp %d lane %d]", t.coords.thread_idx.x, t.coords.thread_idx.y,
                 t.coords.thread_idx.z, t.warp, t.lane);
   return buf;
+}
+
+std::string thread_label_of_current() {
+  Exec* ex = t_exec;
+  if (ex == nullptr || ex->current == nullptr) return "";
+  const Thread& t = *ex->current;
+  return "kernel " + kernel_label(*ex) + ", block (" + std::to_string(ex->block.x) + "," +
+         std::to_string(ex->block.y) + "," + std::to_string(ex->block.z) + "), " + thread_label(t);
 }
 
 // ---- fibers ---------------------------------------------------------------------------------------------
@@ -287,7 +324,7 @@ void switch_out(Exec& ex, Thread& t, bool final) {
   // thread once, so that its accesses happen-before the host's clean-up, as a finished thread's do).
   if (ex.fault != cudaSuccess) {
 #if defined(FASTCONV_EMU_TSAN)
-    __tsan_release(&dev().host_sync);
+    __tsan_release(&dev().exit_sync);
 #endif
     t.state = FiberState::kDone;
     switch_out(ex, t, true);
@@ -311,7 +348,7 @@ void switch_out(Exec& ex, Thread& t, bool final) {
   Thread& t = *ex.current;
   t.state = FiberState::kDone;
 #if defined(FASTCONV_EMU_TSAN)
-  __tsan_release(&dev().host_sync);
+  __tsan_release(&dev().exit_sync);
 #endif
   switch_out(ex, t, true);
   std::abort();  // an abandoned fiber is never resumed
@@ -441,7 +478,7 @@ void fiber_main(void* arg) {
 #endif
   ex.body(ex.ctx);
 #if defined(FASTCONV_EMU_TSAN)
-  __tsan_release(&dev().host_sync);
+  __tsan_release(&dev().exit_sync);
 #endif
   on_thread_exit(ex, t);
   switch_out(ex, t, true);
@@ -467,8 +504,8 @@ uint8_t* alloc_shared(size_t bytes) {
 
 void free_block_shared(Exec& ex) {
 #if defined(FASTCONV_EMU_TSAN)
-  // Every thread of the block released host_sync when it finished.
-  __tsan_acquire(&dev().host_sync);
+  // Every thread of the block released exit_sync when it finished.
+  __tsan_acquire(&dev().exit_sync);
 #endif
   for (SharedAlloc& a : ex.shared) std::free(a.ptr);
   ex.shared.clear();
@@ -515,14 +552,23 @@ void flush_cp_records(Exec& ex) {
     const int per_phase = bytes >= 16 ? 8 : (bytes == 8 ? 16 : 32);
     std::vector<Access> acc;
     std::vector<uintptr_t> sectors;
-    size_t src_bytes = 0;
+    std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
     for (size_t k = i; k < j; ++k) {
       acc.push_back({ex.cp_records[k].dst, ex.cp_records[k].cp_size});
       if (ex.cp_records[k].src_size > 0) {
-        src_bytes += static_cast<size_t>(ex.cp_records[k].src_size);
+        ranges.push_back({ex.cp_records[k].src, ex.cp_records[k].src + ex.cp_records[k].src_size});
         for (uintptr_t s = ex.cp_records[k].src / 32; s <= (ex.cp_records[k].src + ex.cp_records[k].src_size - 1) / 32; ++s)
           sectors.push_back(s);
       }
+    }
+    // Ideal: the distinct bytes asked for, in whole sectors (lanes that read the same bytes share them).
+    std::sort(ranges.begin(), ranges.end());
+    size_t src_bytes = 0;
+    uintptr_t covered = 0;
+    for (const auto& r : ranges) {
+      const uintptr_t lo = std::max(r.first, covered);
+      if (r.second > lo) src_bytes += r.second - lo;
+      covered = std::max(covered, r.second);
     }
     std::sort(sectors.begin(), sectors.end());
     sectors.erase(std::unique(sectors.begin(), sectors.end()), sectors.end());
@@ -816,7 +862,15 @@ void* static_shared(const void* tag, size_t bytes, size_t align, const char* nam
                                               std::to_string(ex.smem_optin) + " per block");
   }
   const uint32_t base = static_cast<uint32_t>((ex.next_static_base + align - 1) / align * align);
-  ex.shared.push_back({tag, alloc_shared(bytes), bytes, base, name});
+  uint8_t* const mem = alloc_shared(bytes);
+  // The runtime's own list, grown on the calling CUDA thread's fiber: not an access of that thread.
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_ignore_thread_begin();
+#endif
+  ex.shared.push_back({tag, mem, bytes, base, name});
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_ignore_thread_end();
+#endif
   ex.next_static_base = static_cast<uint32_t>((base + bytes + kSharedAlign - 1) / kSharedAlign * kSharedAlign);
   ex.static_bytes = total;
   return ex.shared.back().ptr;
@@ -992,7 +1046,7 @@ cudaError_t launch(const LaunchSpec& spec, void (*body)(void*), void* ctx) {
       }
   t_exec = nullptr;
 #if defined(FASTCONV_EMU_TSAN)
-  __tsan_acquire(&d.host_sync);
+  __tsan_acquire(&d.exit_sync);
 #endif
   // Give the fibers back to the pool.
   for (Thread& t : extra) ex.threads.push_back(std::move(t));
