@@ -33,3 +33,52 @@ def cuda_arch_list() -> list[str]:
     if _C is None or not _C.built_with_cuda():
         return []
     return [a for a in _C.cuda_arch_list().replace(",", ";").split(";") if a]
+
+
+# ---- the emulated CUDA device ------------------------------------------------------------------------
+# fastconv._C_emu (built by default where the CUDA kernels are not) registers fastconv's CUDA binding
+# and kernels, compiled against csrc/emu, for torch's PrivateUse1 device, renamed here "fcemu":
+# `x.to("fcemu")` then runs every fastconv op through the CUDA binding on host memory.
+
+EMU_DEVICE = "fcemu"
+_C_emu = None
+_EMU_ERROR: Exception | None = None
+
+
+def _load_emu():
+    global _C_emu, _EMU_ERROR
+    if _C is None:
+        return
+    try:
+        mod = importlib.import_module("fastconv._C_emu")
+    except ImportError as e:
+        _EMU_ERROR = e
+        return
+    backend = torch._C._get_privateuse1_backend_name()
+    if backend == "privateuseone":
+        torch.utils.rename_privateuse1_backend(EMU_DEVICE)
+        torch.utils.generate_methods_for_privateuse1_backend(for_tensor=True, for_module=False, for_storage=False)
+    elif backend != EMU_DEVICE:
+        _EMU_ERROR = RuntimeError(f"torch's PrivateUse1 device is already taken by '{backend}'")
+        return
+    mod.register_hooks()
+    if not hasattr(torch, EMU_DEVICE):
+        torch._register_device_module(EMU_DEVICE, importlib.import_module("fastconv._emu_device"))
+    _C_emu = mod
+
+
+_load_emu()
+
+
+def emu_available() -> bool:
+    """True when the emulated CUDA device ("fcemu") is built and registered."""
+    return _C_emu is not None
+
+
+def emu_arch() -> int:
+    """The emulated device's compute capability as 80 or 90 (FASTCONV_EMU_ARCH, fastconv.emulator.set_arch)."""
+    return int(_C_emu.arch()) if _C_emu is not None else 0
+
+
+def is_emu_device(device) -> bool:
+    return _C_emu is not None and torch.device(device).type == EMU_DEVICE

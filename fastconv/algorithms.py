@@ -43,6 +43,7 @@ class ConvProblem:
     device_type: str
     channels_last: bool = False
     device_index: Optional[int] = None  # CUDA device ordinal (None: the current device)
+    emulated: bool = False  # device_type "cuda" on the emulated CUDA device ("fcemu")
 
     @property
     def P(self) -> int:
@@ -73,10 +74,20 @@ class ConvProblem:
         n, c, h, wd = x.shape
         k, _, r, s = w.shape
         # N stays as given (it may be a SymInt under torch.compile's dynamic shapes: no guard on it).
+        dev_type, emulated = problem_device(x.device)
         return ConvProblem(n, int(c), int(h), int(wd), int(k), int(r), int(s), tuple(stride),
-                           tuple(padding), tuple(dilation), int(groups), x.dtype, x.device.type,
+                           tuple(padding), tuple(dilation), int(groups), x.dtype, dev_type,
                            x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
-                           x.device.index)
+                           None if emulated else x.device.index, emulated)
+
+
+def problem_device(device: Union[str, torch.device]) -> Tuple[str, bool]:
+    """(device type whose kernels and rules apply, emulated?): the emulated CUDA device ("fcemu")
+    runs the CUDA binding and kernels, so its problems are "cuda" problems."""
+    dev = torch.device(device)
+    if _ext.is_emu_device(dev):
+        return "cuda", True
+    return dev.type, False
 
 
 # A rule returns None when the algorithm can implement the problem, else the reason it cannot.
@@ -150,10 +161,16 @@ def _device_type(device: Union[str, torch.device, None]) -> str:
     return torch.device(device).type
 
 
+def _kernels_built(device_type: str, emulated: bool) -> bool:
+    if device_type != "cuda":
+        return True
+    return _ext.emu_available() if emulated else _ext.built_with_cuda()
+
+
 def available_algorithms(device: Union[str, torch.device] = "cpu") -> List[str]:
     """Algorithm names usable on `device` ("auto" first), e.g. ["auto", "direct", "im2col", "gemm1x1"]."""
-    dev = _device_type(device)
-    if dev == "cuda" and not _ext.built_with_cuda():
+    dev, emulated = problem_device(device if device is not None else "cpu")
+    if not _kernels_built(dev, emulated):
         return []
     if dev not in _RULES:
         return []
@@ -165,7 +182,9 @@ def why_not(algo: str, problem: ConvProblem) -> Optional[str]:
     rules = _RULES.get(problem.device_type)
     if rules is None:
         return f"fastconv has no kernels for device type '{problem.device_type}'"
-    if problem.device_type == "cuda" and not _ext.built_with_cuda():
+    if not _kernels_built(problem.device_type, problem.emulated):
+        if problem.emulated:
+            return "fastconv was built without the emulated CUDA device (see fastconv.build_info())"
         return "fastconv was built without CUDA kernels (see fastconv.build_info())"
     if algo not in rules:
         return f"unknown algorithm '{algo}' for {problem.device_type}"
@@ -335,6 +354,9 @@ class HeuristicRule:
 
 
 def _cuda_capability(p: ConvProblem) -> Optional[Tuple[int, int]]:
+    if p.emulated:
+        arch = _ext.emu_arch()
+        return (arch // 10, arch % 10) if arch else None
     if not torch.cuda.is_available():
         return None
     try:

@@ -100,6 +100,8 @@ def tracing_reason(problem: ConvProblem, tensors: Sequence[Optional[torch.Tensor
             return "a functorch transform (vmap/grad) is active"
     if _dispatch_mode_active():
         return "a TorchDispatchMode is active (make_fx, FakeTensorMode, ...)"
+    if problem.emulated:
+        return "the emulated CUDA device has no timeline to tune on"
     if problem.device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return "a CUDA graph is being captured"
     return None
@@ -250,7 +252,8 @@ def _memo_key(problem: ConvProblem) -> Optional[Tuple[Any, ...]]:
     return (problem, backends.autotune, backends.cache, backends.cache_dir, backends.workspace_limit_mb,
             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
             algorithms._generation, torch.get_num_threads(),
-            torch.cuda.current_device() if problem.device_type == "cuda" and problem.device_index is None else None)
+            torch.cuda.current_device()
+            if problem.device_type == "cuda" and problem.device_index is None and not problem.emulated else None)
 
 
 def _select(problem: ConvProblem, input: Optional[torch.Tensor], weight: Optional[torch.Tensor],

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from fastconv import algorithms, backends, plans
+from fastconv import _ext, algorithms, backends, plans
 from fastconv.algorithms import ConvProblem
 from fastconv.autotune import Choice, select
 
@@ -134,14 +134,17 @@ def _problem_from(conv, input, stride, padding, dilation, groups, dtype, device,
     else:
         dtype = dtype or (w.dtype if w is not None else torch.float32)
         dev = torch.device(device) if device is not None else (w.device if w is not None else torch.device("cpu"))
+    dev_type, emulated = algorithms.problem_device(dev)
     problem = ConvProblem(xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], _pair(stride), _pair(padding),
-                          _pair(dilation), int(groups), dtype, dev.type, bool(channels_last), dev.index)
+                          _pair(dilation), int(groups), dtype, dev_type, bool(channels_last),
+                          None if emulated else dev.index, emulated)
     return problem, x, w, bias, algo
 
 
 def _random_tensors(problem: ConvProblem, x, w):
-    dev = torch.device(problem.device_type, problem.device_index) if problem.device_index is not None \
-        else torch.device(problem.device_type)
+    dev = torch.device(_ext.EMU_DEVICE) if problem.emulated else (
+        torch.device(problem.device_type, problem.device_index) if problem.device_index is not None
+        else torch.device(problem.device_type))
     fmt = torch.channels_last if problem.channels_last else torch.contiguous_format
     if x is None:
         x = torch.randn(problem.N, problem.C, problem.H, problem.W, dtype=problem.dtype, device=dev)

@@ -40,8 +40,13 @@ def build_info() -> Dict[str, Any]:
         "cuda_available": cuda_ok,
         "gpu": torch.cuda.get_device_name(0) if cuda_ok else None,
         "cudnn": torch.backends.cudnn.version() if cuda_ok else None,
+        "emulated_cuda_device": (f"{_ext.EMU_DEVICE} (sm_{_ext.emu_arch()}; fastconv._C_emu: the CUDA binding and "
+                                 "kernels on host memory, tested not measured)") if _ext.emu_available()
+        else f"not built ({_ext._EMU_ERROR or 'FASTCONV_EMU=0, or a CUDA build'})",
         "algorithms": {"cpu": available_algorithms("cpu"), "cuda": available_algorithms("cuda")},
     }
+    if _ext.emu_available():
+        info["algorithms"][_ext.EMU_DEVICE] = available_algorithms(_ext.EMU_DEVICE)
     return info
 
 

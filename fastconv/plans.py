@@ -98,6 +98,10 @@ def _cuda_name(index: int) -> str:
 def device_name(p: ConvProblem) -> str:
     """The name plans are filed under: the GPU's name and compute capability, or the CPU model and
     torch's thread count (timings depend on both)."""
+    if p.device_type == "cuda" and getattr(p, "emulated", False):
+        from fastconv import _ext
+
+        return f"fastconv emulated CUDA device sm_{_ext.emu_arch()}"
     if p.device_type == "cuda":
         if not torch.cuda.is_available():
             return "cuda (unavailable)"

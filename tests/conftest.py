@@ -1,4 +1,5 @@
-"""Shared pytest setup: the `cuda` marker skips cleanly without a GPU or without fastconv's CUDA kernels."""
+"""Shared pytest setup: the `cuda` marker skips cleanly without a GPU or without fastconv's CUDA kernels,
+except for tests also marked `emulated`, which then run on the emulated CUDA device (tests/_devices.py)."""
 
 import pytest
 import torch
@@ -18,9 +19,12 @@ def pytest_collection_modifyitems(config, items):
     ready, why = _cuda_ready()
     if ready:
         return
+    import fastconv
+
+    emu = fastconv._ext.emu_available()
     skip = pytest.mark.skip(reason=why)
     for item in items:
-        if "cuda" in item.keywords:
+        if "cuda" in item.keywords and not (emu and "emulated" in item.keywords):
             item.add_marker(skip)
 
 

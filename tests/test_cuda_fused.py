@@ -14,13 +14,16 @@ import torch.nn.functional as F
 
 import fastconv  # noqa: F401  (registers the ops)
 
+from _devices import CUDA_DEVICE, EMULATED, skip_if_too_big_for_emulator  # noqa: E402
+
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.emulated,
+    pytest.mark.skipif(CUDA_DEVICE is None, reason="needs a CUDA GPU or the emulated CUDA device"),
 ]
 
 ops = torch.ops.fastconv
-DEV = "cuda"
+DEV = CUDA_DEVICE or "cuda"  # a GPU, or the emulated CUDA device (tests/_devices.py)
 LOW = [torch.float16, torch.bfloat16]
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 LAYOUTS = ["nchw", "channels_last"]
@@ -30,7 +33,7 @@ LAYOUTS = ["nchw", "channels_last"]
 def _strict_fp32():
     from fastconv import _ext
 
-    if not _ext.built_with_cuda():
+    if not EMULATED and not _ext.built_with_cuda():
         pytest.skip("fastconv was built without CUDA kernels")
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = False
@@ -40,6 +43,7 @@ def _strict_fp32():
 
 
 def _randn(shape, seed: int, scale: float = 1.0, mean: float = 0.0) -> torch.Tensor:
+    skip_if_too_big_for_emulator(shape)
     g = torch.Generator(device="cpu").manual_seed(seed)
     return (torch.randn(shape, generator=g, dtype=torch.float64) * scale + mean).to(DEV)
 

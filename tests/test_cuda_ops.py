@@ -27,12 +27,17 @@ except Exception as e:  # noqa: BLE001  (reported by the fixture below, not as a
     FF = None
     _FF_ERROR = e
 
+from _devices import CUDA_DEVICE, EMULATED, skip_if_emulated, skip_if_too_big_for_emulator  # noqa: E402
+
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.emulated,
+    pytest.mark.skipif(CUDA_DEVICE is None, reason="needs a CUDA GPU or the emulated CUDA device"),
 ]
 
-DEV = "cuda"
+# A GPU, or the emulated CUDA device (the same binding and kernels; torch's references then run on
+# the CPU through torch's fallback, at the same dtype).
+DEV = CUDA_DEVICE or "cuda"
 LOW = [torch.float16, torch.bfloat16]
 # Added to "2x torch's error": covers rounding of the final store at each precision.
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -45,7 +50,7 @@ def _strict_fp32_and_ext():
         pytest.fail(f"fastconv.functional could not be imported: {_FF_ERROR!r}")
     from fastconv import _ext
 
-    if not _ext.built_with_cuda():
+    if not EMULATED and not _ext.built_with_cuda():
         pytest.skip("fastconv was built without CUDA kernels")
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = False
@@ -57,12 +62,18 @@ def _strict_fp32_and_ext():
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
+def _sync() -> None:
+    if not EMULATED:  # the emulated device runs each launch to completion
+        torch.cuda.synchronize()
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
 def _randn(shape, seed: int, scale: float = 1.0, mean: float = 0.0) -> torch.Tensor:
     """fp64 on the GPU, from a CPU generator so every device and run sees the same numbers."""
+    skip_if_too_big_for_emulator(shape)
     return (torch.randn(shape, generator=_gen(seed), dtype=torch.float64) * scale + mean).to(DEV)
 
 
@@ -293,6 +304,7 @@ def test_conv2d_im2col_small_workspace(monkeypatch, limit_mb):
 
 
 def test_conv2d_side_stream_and_graph_capture():
+    skip_if_emulated("side streams and CUDA graph capture")
     case = Conv("t", 2, 8, 9, 9, 12, 3, 3, padding=1)
     x, w, b = (t.float() for t in case.tensors("channels_last"))
     ref = F.conv2d(x, w, b, padding=1)
@@ -308,7 +320,7 @@ def test_conv2d_side_stream_and_graph_capture():
         y_graph = torch.ops.fastconv.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, "im2col")
     x.copy_(x * 2)
     g.replay()
-    torch.cuda.synchronize()
+    _sync()
     assert _rel_err(y_graph, F.conv2d(x, w, b, padding=1)) <= 1e-5
 
 
@@ -545,7 +557,8 @@ def test_batch_norm_fused_relu(dtype, layout):
     # backward through the fused ReLU: every output, then only some
     dy = _randn(shape, 82).to(dtype)
     dx, dw, db = torch.ops.fastconv.batch_norm_backward(dy, x, y, w, mean, invstd, True, True, [True, True, True])
-    xr, wr, br = xd.clone().requires_grad_(), w.double().requires_grad_(), b.double().requires_grad_()
+    # .clone(): at float64, w.double() is w itself, and requires_grad_ on it would make wt below a non-leaf.
+    xr, wr, br = xd.clone().requires_grad_(), w.double().clone().requires_grad_(), b.double().clone().requires_grad_()
     torch.relu(F.batch_norm(xr, None, None, wr, br, training=True, eps=1e-5)).backward(dy.double())
     xt, wt, bt = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
     torch.relu(F.batch_norm(xt, None, None, wt, bt, training=True, eps=1e-5)).backward(dy)
@@ -570,16 +583,17 @@ def test_batch_norm_eval_fused_relu():
 
 
 def test_batch_norm_graph_capture():
+    skip_if_emulated("CUDA graph capture")
     x = _randn((4, 16, 8, 8), 95).float()
     w, b, _, _ = (t.float() for t in _bn_params(16, 96))
     torch.ops.fastconv.batch_norm_train(x, w, b, 1e-5, True)  # warm-up
-    torch.cuda.synchronize()
+    _sync()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         y, *_ = torch.ops.fastconv.batch_norm_train(x, w, b, 1e-5, True)
     x.mul_(3).add_(1)
     g.replay()
-    torch.cuda.synchronize()
+    _sync()
     ref = torch.relu(F.batch_norm(x, None, None, w, b, training=True, eps=1e-5))
     assert _rel_err(y, ref) <= 1e-5
 
@@ -595,7 +609,7 @@ def _cpu_check(ours: Callable, ref: Callable, inputs_cpu, dtype, layout, tol):
     gy = torch.randn(r.shape, generator=_gen(99), dtype=torch.float64)
     y.backward(gy.to(DEV).to(dtype))
     r.backward(gy)
-    torch.cuda.synchronize()
+    _sync()
     assert _rel_err(y.cpu(), r) <= tol
     for d, c in zip(dev_in, cpu_in):
         if d is not None:
@@ -679,7 +693,7 @@ def test_sanitize_subset_batch_norm(dtype, layout):
     rmc, rvc = torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
     F.batch_norm(xd.double().cpu(), rmc, rvc, w, b, training=True, momentum=0.5)
     ref = F.batch_norm(xd.double().cpu(), rmc, rvc, w, b, training=False)
-    torch.cuda.synchronize()
+    _sync()
     assert _rel_err(rm.cpu(), rmc) <= 1e-5 and _rel_err(rv.cpu(), rvc) <= 1e-5
     assert _rel_err(y.cpu(), ref) <= tol
 
@@ -703,4 +717,5 @@ def test_every_op_has_a_cuda_kernel():
     }
     for name in ops:
         handle = getattr(torch.ops.fastconv, name).default
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(handle.name(), "CUDA"), name
+        key = "PrivateUse1" if EMULATED else "CUDA"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(handle.name(), key), name

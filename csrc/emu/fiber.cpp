@@ -18,6 +18,7 @@
 asm(R"(
   .text
   .globl fc_emu_fiber_switch
+  .hidden fc_emu_fiber_switch
   .type fc_emu_fiber_switch, @function
 fc_emu_fiber_switch:
   .cfi_startproc
@@ -46,6 +47,7 @@ fc_emu_fiber_switch:
   .size fc_emu_fiber_switch, .-fc_emu_fiber_switch
 
   .globl fc_emu_fiber_start
+  .hidden fc_emu_fiber_start
   .type fc_emu_fiber_start, @function
 fc_emu_fiber_start:
   .cfi_startproc

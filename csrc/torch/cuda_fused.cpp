@@ -11,8 +11,6 @@
 // Compiled only against a CUDA build of torch (setup.py), syntax-checked by scripts/check_cuda_binding.sh.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cuda_runtime_api.h>
@@ -21,6 +19,7 @@
 #include <string>
 
 #include "checks.h"
+#include "cuda_device.h"
 #include "fastconv/cuda_api.h"
 #include "fused_checks.h"
 
@@ -64,7 +63,7 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   FASTCONV_BELOW_AUTOGRAD();
   check_4d(input, kOp, "input");
   check_4d(weight, kOp, "weight");
-  TORCH_CHECK(input.is_cuda() && weight.device() == input.device(), "fastconv.", kOp,
+  TORCH_CHECK(on_cuda_device(input) && weight.device() == input.device(), "fastconv.", kOp,
               ": expected all tensors to be on the same device, but found input on ", input.device(),
               " and weight on ", weight.device());
   check_fused_devices(input, scale, bias, residual, kOp);
@@ -75,7 +74,7 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
     at::Tensor y = call_conv2d(input, weight, stride, padding, dilation, groups, algo);
     check_residual(residual, y, kOp);
     if (y.numel() == 0) return y;
-    c10::cuda::CUDAGuard guard(input.device());
+    CudaDeviceGuard guard(input.device());
     aten_epilogue(y, scale, bias, residual, relu);
     return y;
   }
@@ -87,8 +86,8 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
               weight.scalar_type(), ") should be the same");
   Conv2dShape s = conv_shape_from_sizes(input.sizes(), weight.sizes(), stride, padding, dilation, groups, kOp);
 
-  c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(input.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = conv_output_format(input, weight);
   constexpr MemoryFormat kfmt = MemoryFormat::ChannelsLast;  // the kernel's NHWC / KRSC / NPQK layout
@@ -130,11 +129,11 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
         reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), nullptr, 0, stream);
   }
   TORCH_CHECK(err == cudaSuccess, "fastconv.", kOp, " (algo='implicit_gemm'): CUDA error ", static_cast<int>(err),
-              ": ", cudaGetErrorString(err));
+              ": ", cudaGetErrorString(err), err == cudaSuccess ? "" : emu_take_fault_report());
   return y.contiguous(fmt);
 }
 
 }  // namespace
 }  // namespace fastconv
 
-TORCH_LIBRARY_IMPL(fastconv, CUDA, m) { m.impl("conv2d_fused", TORCH_FN(fastconv::conv2d_fused_cuda)); }
+TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) { m.impl("conv2d_fused", TORCH_FN(fastconv::conv2d_fused_cuda)); }

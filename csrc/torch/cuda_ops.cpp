@@ -10,8 +10,6 @@
 // Only light headers: no ATen/cuda/CUDAContext.h (it drags in cuBLAS headers).
 #include <ATen/ATen.h>
 #include <c10/core/SymIntArrayRef.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cuda_runtime_api.h>
@@ -26,6 +24,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cuda_device.h"
 #include "fastconv/cuda_api.h"
 
 namespace fastconv {
@@ -75,7 +74,7 @@ void check_dtype(const at::Tensor& t, const char* op, const std::string& algo, b
 // any argument is a CUDA tensor, so the others may still be on the CPU).
 void check_same_cuda(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> ts) {
   const auto& first = *ts.begin();
-  TORCH_CHECK(first.second->is_cuda(), "fastconv.", op, ": expected ", first.first, " to be a CUDA tensor, got ",
+  TORCH_CHECK(on_cuda_device(*first.second), "fastconv.", op, ": expected ", first.first, " to be a CUDA tensor, got ",
               first.first, " on ", first.second->device());
   for (const auto& t : ts) {
     if (t.second == nullptr || !t.second->defined()) continue;
@@ -88,8 +87,10 @@ void check_same_cuda(const char* op, std::initializer_list<std::pair<const char*
 const at::Tensor* opt_ptr(const std::optional<at::Tensor>& t) { return defined(t) ? &*t : nullptr; }
 
 void check_cuda(cudaError_t err, const char* op, const std::string& algo) {
-  TORCH_CHECK(err == cudaSuccess, "fastconv.", op, " (algo='", algo, "'): CUDA error ", static_cast<int>(err), ": ",
-              cudaGetErrorString(err));
+  if (err == cudaSuccess) return;
+  const std::string report = emu_take_fault_report();
+  TORCH_CHECK(false, "fastconv.", op, " (algo='", algo, "'): CUDA error ", static_cast<int>(err), ": ",
+              cudaGetErrorString(err), report.empty() ? "" : "\n", report);
 }
 
 // Dense strides of a tensor of `sizes` in `fmt`. A tensor that is_contiguous(fmt) addresses exactly
@@ -289,8 +290,8 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                 " instead");
   }
 
-  c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(input.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = conv_output_format(input, weight);
   at::Tensor y = empty_in({s.N, s.K, s.P, s.Q}, input, fmt);
@@ -335,8 +336,8 @@ at::Tensor conv2d_dgrad_cuda(const at::Tensor& grad_output, const at::Tensor& we
   Conv2dShape s = conv_shape_from_sizes(in_size, weight.sizes(), stride, padding, dilation, groups, op);
   check_grad_output_size(grad_output, s, op);
 
-  c10::cuda::CUDAGuard guard(grad_output.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(grad_output.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = conv_output_format(grad_output, weight);
   at::Tensor dx = empty_in(in_size, grad_output, fmt);
@@ -374,8 +375,8 @@ at::Tensor conv2d_wgrad_cuda(const at::Tensor& grad_output, const at::Tensor& in
   Conv2dShape s = conv_shape_from_sizes(input.sizes(), w_size, stride, padding, dilation, groups, op);
   check_grad_output_size(grad_output, s, op);
 
-  c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(input.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = conv_output_format(input, grad_output);
   at::Tensor dw = empty_in(w_size, input, fmt);
@@ -472,8 +473,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& self, at::I
   check_dtype(self, op, "max_pool2d_fwd", true);
   Pool2dShape s = pool_shape(self, kernel_size, stride, padding, dilation, ceil_mode, true, op);
 
-  c10::cuda::CUDAGuard guard(self.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(self.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = self.suggest_memory_format();
   at::Tensor y = empty_in({s.N, s.C, s.P, s.Q}, self, fmt);
@@ -504,8 +505,8 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastconv.", op, ": expected indices of size ",
               grad_output.sizes(), ", got ", indices.sizes());
 
-  c10::cuda::CUDAGuard guard(self.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(self.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = self.suggest_memory_format();
   at::Tensor dx = empty_in(self.sizes(), grad_output, fmt);
@@ -544,8 +545,8 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size, 
   const int64_t one[2] = {1, 1};
   Pool2dShape s = pool_shape(self, kernel_size, stride, padding, one, ceil_mode, false, op);
 
-  c10::cuda::CUDAGuard guard(self.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(self.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = self.suggest_memory_format();
   at::Tensor y = empty_in({s.N, s.C, s.P, s.Q}, self, fmt);
@@ -576,8 +577,8 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   Pool2dShape s = pool_shape(self, kernel_size, stride, padding, one, ceil_mode, false, op);
   check_pool_grad(grad_output, s, op);
 
-  c10::cuda::CUDAGuard guard(self.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(self.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = self.suggest_memory_format();
   at::Tensor dx = empty_in(self.sizes(), grad_output, fmt);
@@ -613,8 +614,8 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef outp
               output_size[1], "}");
   Pool2dShape s = adaptive_shape(self, output_size[0], output_size[1]);
 
-  c10::cuda::CUDAGuard guard(self.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(self.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = self.suggest_memory_format();
   at::Tensor y = empty_in({s.N, s.C, s.P, s.Q}, self, fmt);
@@ -640,8 +641,8 @@ at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, cons
               ": grad_output of size ", grad_output.sizes(), " does not match input of size ", self.sizes());
   Pool2dShape s = adaptive_shape(self, grad_output.size(2), grad_output.size(3));
 
-  c10::cuda::CUDAGuard guard(self.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(self.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const MemoryFormat fmt = self.suggest_memory_format();
   at::Tensor dx = empty_in(self.sizes(), grad_output, fmt);
@@ -723,8 +724,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda
   check_bn_param(weight, "weight", C, op);
   check_bn_param(bias, "bias", C, op);
 
-  c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(input.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const at::TensorOptions stat_opts = input.options().dtype(acc).memory_format(MemoryFormat::Contiguous);
   at::Tensor save_mean = at::empty({C}, stat_opts);
@@ -775,8 +776,8 @@ at::Tensor batch_norm_eval_cuda(const at::Tensor& input, const std::optional<at:
   check_bn_param(running_mean, "running_mean", C, op);
   check_bn_param(running_var, "running_var", C, op);
 
-  c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(input.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   if (input.numel() == 0) return at::empty_like(input);
 
@@ -830,8 +831,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   // input dtype here made db half for half input under compile/opcheck where the fake says float.
   const at::ScalarType param_dtype = defined(weight) ? weight->scalar_type() : acc;
 
-  c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(input.device());
+  const cudaStream_t stream = current_cuda_stream();
 
   const at::Tensor none = at::empty({0}, input.options());
   const at::TensorOptions acc_opts = input.options().dtype(acc).memory_format(MemoryFormat::Contiguous);
@@ -896,8 +897,8 @@ void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const 
               "fastconv.", op, ": expected running_mean and running_var of size [", C, "], got ",
               running_mean.sizes(), " and ", running_var.sizes());
 
-  c10::cuda::CUDAGuard guard(running_mean.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  CudaDeviceGuard guard(running_mean.device());
+  const cudaStream_t stream = current_cuda_stream();
   if (C == 0 || count == 0) return;
 
   const at::Tensor sm = save_mean.contiguous();
@@ -924,7 +925,7 @@ void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const 
 }  // namespace
 }  // namespace fastconv
 
-TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) {
   m.impl("conv2d", TORCH_FN(fastconv::conv2d_cuda));
   m.impl("conv2d_dgrad", TORCH_FN(fastconv::conv2d_dgrad_cuda));
   m.impl("conv2d_wgrad", TORCH_FN(fastconv::conv2d_wgrad_cuda));

@@ -1,0 +1,38 @@
+"""Which device the `cuda` tests run on: a GPU when there is one (and fastconv has CUDA kernels),
+else the emulated CUDA device "fcemu" (fastconv._C_emu: the same CUDA binding and kernels on host
+memory), else none. Tests marked `emulated` run on either; on the emulator, inputs above
+EMU_MAX_NUMEL elements skip (the GPU runs them) — the emulator runs every CUDA thread as a fiber."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastconv
+
+EMU_MAX_NUMEL = 160_000
+
+
+def _pick() -> str | None:
+    if torch.cuda.is_available() and fastconv._ext.built_with_cuda():
+        return "cuda"
+    if fastconv._ext.emu_available():
+        return fastconv._ext.EMU_DEVICE
+    return None
+
+
+CUDA_DEVICE = _pick()
+EMULATED = CUDA_DEVICE is not None and CUDA_DEVICE != "cuda"
+
+
+def skip_if_too_big_for_emulator(shape) -> None:
+    if EMULATED and math.prod(shape) > EMU_MAX_NUMEL:
+        pytest.skip(f"{tuple(shape)} is too big for the emulated CUDA device (> {EMU_MAX_NUMEL} elements); "
+                    "a GPU runs it")
+
+
+def skip_if_emulated(why: str) -> None:
+    if EMULATED:
+        pytest.skip(f"needs a real GPU: {why}")
