@@ -160,6 +160,12 @@ def _bn_train_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, invstd, var)
     ctx.save_for_backward(x, y if relu else None, w, mean, invstd)
     ctx.relu, ctx.eps = relu, eps
+    ctx.param_shapes = _shapes(w, b)
+
+
+def _shapes(w, b):
+    # weight / bias may be any shape with C elements, as in torch: gradients come back in it.
+    return (None if w is None else w.shape, None if b is None else b.shape)
 
 
 def _bn_train_backward(ctx, gy, _gm, _gi, _gv):
@@ -172,6 +178,7 @@ def _bn_eval_setup(ctx, inputs, output):
     invstd = torch.rsqrt(running_var.detach() + eps)
     ctx.save_for_backward(x, output if relu else None, w, running_mean, invstd)
     ctx.relu, ctx.eps = relu, eps
+    ctx.param_shapes = _shapes(w, b)
 
 
 def _bn_eval_backward(ctx, gy):
@@ -180,9 +187,17 @@ def _bn_eval_backward(ctx, gy):
 
 
 def _bn_backward(ctx, gy, x, y, w, mean, invstd, train):
+    gx, gw, gb = _bn_backward_flat(ctx, gy, x, y, w, mean, invstd, train)
+    w_shape, b_shape = ctx.param_shapes
+    return (gx, gw.reshape(w_shape) if gw is not None else None, gb.reshape(b_shape) if gb is not None else None)
+
+
+def _bn_backward_flat(ctx, gy, x, y, w, mean, invstd, train):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     if not (need_x or need_w or need_b):
         return None, None, None
+    if w is not None and w.dim() != 1:
+        w = w.reshape(-1)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gy, x, w)):
         # create_graph=True (gradient penalties, gradgradcheck): the kernel is not differentiable,
         # so the same gradients are computed with differentiable torch ops instead.

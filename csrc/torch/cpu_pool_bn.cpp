@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "checks.h"
+#include "prepare.h"
 #include "fastconv/cpu_api.h"
 
 namespace fastconv {
@@ -24,9 +25,6 @@ void check_cpu(const at::Tensor& t, const char* op, const char* name) {
               name, " is on ", t.device(), " and the op runs on cpu");
 }
 
-void check_pair(at::IntArrayRef a, const char* op, const char* name) {
-  TORCH_CHECK(a.size() == 2, "fastconv.", op, ": ", name, " must have 2 elements, got ", a.size());
-}
 
 // True when a and b address their elements identically (dims of size 1 may have any stride).
 bool same_layout(const at::Tensor& a, const at::Tensor& b) {
@@ -48,44 +46,6 @@ void check_status_op(Status st, const char* op) {
 
 // ---- pooling -------------------------------------------------------------------------------------
 
-// torch's pooling_output_shape + pool2d_shape_check, in torch's order and with its messages.
-Pool2dShape pool_shape(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef stride, at::IntArrayRef pad,
-                       at::IntArrayRef dil, bool ceil_mode, const char* op) {
-  check_pair(k, op, "kernel_size");
-  check_pair(stride, op, "stride");
-  check_pair(pad, op, "padding");
-  check_pair(dil, op, "dilation");
-  check_4d(x, op, "input");
-  TORCH_CHECK(k[0] > 0 && k[1] > 0, "fastconv.", op, ": kernel size should be greater than zero, but got kH: ",
-              k[0], " kW: ", k[1]);
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fastconv.", op,
-              ": stride should be greater than zero, but got dH: ", stride[0], " dW: ", stride[1]);
-  TORCH_CHECK(dil[0] > 0 && dil[1] > 0, "fastconv.", op, ": dilation should be greater than zero, but got dilationH: ",
-              dil[0], " dilationW: ", dil[1]);
-  for (int i = 0; i < 2; ++i) {
-    TORCH_CHECK(pad[i] >= 0, "fastconv.", op, ": pad must be non-negative, but got pad: ", pad[i]);
-    TORCH_CHECK(pad[i] <= ((k[i] - 1) * dil[i] + 1) / 2, "fastconv.", op,
-                ": pad should be at most half of effective kernel size, but got pad=", pad[i],
-                ", kernel_size=", k[i], " and dilation=", dil[i]);
-  }
-  TORCH_CHECK(x.size(1) != 0 && x.size(2) != 0 && x.size(3) != 0, "fastconv.", op,
-              ": Expected 4D (batch mode) tensor with optional 0 dim batch size for input, but got: ", x.sizes());
-  TORCH_CHECK(k[1] / 2 >= pad[1] && k[0] / 2 >= pad[0], "fastconv.", op,
-              ": pad should be smaller than or equal to half of kernel size, but got padW = ", pad[1],
-              ", padH = ", pad[0], ", kW = ", k[1], ", kH = ", k[0]);
-  Pool2dShape s;
-  s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
-  s.kh = k[0]; s.kw = k[1];
-  s.stride_h = stride[0]; s.stride_w = stride[1];
-  s.pad_h = pad[0]; s.pad_w = pad[1];
-  s.dil_h = dil[0]; s.dil_w = dil[1];
-  s.P = pool_output_size(s.H, s.kh, s.pad_h, s.stride_h, s.dil_h, ceil_mode);
-  s.Q = pool_output_size(s.W, s.kw, s.pad_w, s.stride_w, s.dil_w, ceil_mode);
-  TORCH_CHECK(s.P >= 1 && s.Q >= 1, "fastconv.", op, ": Given input size: (", s.C, "x", s.H, "x", s.W,
-              "). Calculated output size: (", s.C, "x", s.P, "x", s.Q, "). Output size is too small");
-  return s;
-}
-
 void check_grad_output(const at::Tensor& dy, const Pool2dShape& s, const char* op, const char* name) {
   check_4d(dy, op, name);
   const std::vector<int64_t> want{s.N, s.C, s.P, s.Q};
@@ -102,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& x, at::IntAr
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "max_pool2d";
   check_float_dtype(x, op);
-  Pool2dShape s = pool_shape(x, k, stride, pad, dil, ceil_mode, op);
+  Pool2dShape s = prepare_pool(x, k, stride, pad, dil, ceil_mode, op);
   at::Tensor y = empty_pool_output(x, s.P, s.Q, x.scalar_type());
   at::Tensor idx = like_layout(empty_pool_output(x, s.P, s.Q, at::kLong), y);
   if (y.numel() == 0) return {y, idx};
@@ -128,7 +88,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, co
               x.scalar_type(), ", got ", dy.scalar_type());
   TORCH_CHECK(indices.scalar_type() == at::kLong, "fastconv.", op, ": expected indices of dtype Long, got ",
               indices.scalar_type());
-  Pool2dShape s = pool_shape(x, k, stride, pad, dil, ceil_mode, op);
+  Pool2dShape s = prepare_pool(x, k, stride, pad, dil, ceil_mode, op);
   check_grad_output(dy, s, op, "grad_output");
   check_grad_output(indices, s, op, "indices");
   const auto fmt = x.suggest_memory_format();
@@ -164,7 +124,7 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRe
   bool negate = false;
   const int64_t divisor = divisor_magnitude(divisor_override, op, &negate);
   const std::vector<int64_t> one{1, 1};
-  Pool2dShape s = pool_shape(x, k, stride, pad, one, ceil_mode, op);
+  Pool2dShape s = prepare_pool(x, k, stride, pad, one, ceil_mode, op);
   at::Tensor y = empty_pool_output(x, s.P, s.Q, x.scalar_type());
   if (y.numel() == 0) return y;
   s.x = strides4(x);
@@ -190,7 +150,7 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at
   bool negate = false;
   const int64_t divisor = divisor_magnitude(divisor_override, op, &negate);
   const std::vector<int64_t> one{1, 1};
-  Pool2dShape s = pool_shape(x, k, stride, pad, one, ceil_mode, op);
+  Pool2dShape s = prepare_pool(x, k, stride, pad, one, ceil_mode, op);
   check_grad_output(dy, s, op, "grad_output");
   const auto fmt = x.suggest_memory_format();
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -287,7 +247,7 @@ at::Tensor channel_vector(const std::optional<at::Tensor>& t, int64_t C, at::Sca
                           const char* name) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
   check_cpu(*t, op, name);
-  TORCH_CHECK(t->numel() == C, "fastconv.", op, ": ", name, " should contain ", C, " elements not ", t->numel());
+  check_bn_affine(*t, C, op, name);
   return t->to(dtype).contiguous().view({C});
 }
 

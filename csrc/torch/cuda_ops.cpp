@@ -25,6 +25,7 @@
 
 #include "checks.h"
 #include "cuda_device.h"
+#include "prepare.h"
 #include "fastconv/cuda_api.h"
 
 namespace fastconv {
@@ -406,50 +407,12 @@ at::Tensor conv2d_wgrad_cuda(const at::Tensor& grad_output, const at::Tensor& in
 
 // ---- pooling --------------------------------------------------------------------------------------
 
-void check_pair(at::IntArrayRef a, const char* what, const char* op) {
-  TORCH_CHECK(a.size() == 2, "fastconv.", op, ": ", what, " must have 2 elements, got ", a);
-}
-
 // torch's non-batch-dims rule for 4-D pooling inputs: only N may be zero.
 void check_pool_input(const at::Tensor& x, const char* op) {
   check_4d(x, op, "input");
   TORCH_CHECK(x.size(1) > 0 && x.size(2) > 0 && x.size(3) > 0, "fastconv.", op,
               ": Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got: ",
               x.sizes());
-}
-
-// Window geometry + output size with torch's checks (pool2d_shape_check) and messages.
-Pool2dShape pool_shape(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef st, at::IntArrayRef pad,
-                       at::IntArrayRef dil, bool ceil_mode, bool max_pool, const char* op) {
-  check_pair(k, "kernel_size", op);
-  check_pair(st, "stride", op);
-  check_pair(pad, "padding", op);
-  check_pair(dil, "dilation", op);
-  TORCH_CHECK(k[0] > 0 && k[1] > 0, "fastconv.", op, ": kernel size should be greater than zero, but got kH: ", k[0],
-              " kW: ", k[1]);
-  TORCH_CHECK(st[0] > 0 && st[1] > 0, "fastconv.", op, ": stride should be greater than zero, but got dH: ", st[0],
-              " dW: ", st[1]);
-  TORCH_CHECK(dil[0] > 0 && dil[1] > 0, "fastconv.", op, ": dilation should be greater than zero, but got dilationH: ",
-              dil[0], " dilationW: ", dil[1]);
-  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0, "fastconv.", op, ": pad must be non-negative, but got padH: ", pad[0],
-              " padW: ", pad[1]);
-  // max pooling bounds the padding by the dilated (effective) kernel, avg pooling by the kernel.
-  const int64_t eff_h = max_pool ? (k[0] - 1) * dil[0] + 1 : k[0];
-  const int64_t eff_w = max_pool ? (k[1] - 1) * dil[1] + 1 : k[1];
-  TORCH_CHECK(pad[0] <= eff_h / 2 && pad[1] <= eff_w / 2, "fastconv.", op,
-              ": pad should be at most half of effective kernel size, but got pad=", pad, ", kernel_size=", k,
-              " and dilation=", dil);
-  Pool2dShape s;
-  s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
-  s.kh = k[0]; s.kw = k[1];
-  s.stride_h = st[0]; s.stride_w = st[1];
-  s.pad_h = pad[0]; s.pad_w = pad[1];
-  s.dil_h = dil[0]; s.dil_w = dil[1];
-  s.P = pool_output_size(s.H, s.kh, s.pad_h, s.stride_h, s.dil_h, ceil_mode);
-  s.Q = pool_output_size(s.W, s.kw, s.pad_w, s.stride_w, s.dil_w, ceil_mode);
-  TORCH_CHECK(s.P >= 1 && s.Q >= 1, "fastconv.", op, ": Given input size: (", s.C, "x", s.H, "x", s.W,
-              "). Calculated output size: (", s.C, "x", s.P, "x", s.Q, "). Output size is too small");
-  return s;
 }
 
 void set_pool_strides(Pool2dShape& s, MemoryFormat fmt) {
@@ -471,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& self, at::I
   check_pool_input(self, op);
   check_same_cuda(op, {{"input", &self}});
   check_dtype(self, op, "max_pool2d_fwd", true);
-  Pool2dShape s = pool_shape(self, kernel_size, stride, padding, dilation, ceil_mode, true, op);
+  Pool2dShape s = prepare_pool(self, kernel_size, stride, padding, dilation, ceil_mode, op);
 
   CudaDeviceGuard guard(self.device());
   const cudaStream_t stream = current_cuda_stream();
@@ -500,7 +463,7 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   check_dtype(grad_output, op, "max_pool2d_bwd", true);
   TORCH_CHECK(indices.scalar_type() == at::kLong, "fastconv.", op, ": expected indices of dtype int64, got ",
               indices.scalar_type());
-  Pool2dShape s = pool_shape(self, kernel_size, stride, padding, dilation, ceil_mode, true, op);
+  Pool2dShape s = prepare_pool(self, kernel_size, stride, padding, dilation, ceil_mode, op);
   check_pool_grad(grad_output, s, op);
   TORCH_CHECK(indices.sizes() == grad_output.sizes(), "fastconv.", op, ": expected indices of size ",
               grad_output.sizes(), ", got ", indices.sizes());
@@ -543,7 +506,7 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef kernel_size, 
   bool negate = false;
   const int64_t divisor = divisor_or_zero(divisor_override, op, &negate);
   const int64_t one[2] = {1, 1};
-  Pool2dShape s = pool_shape(self, kernel_size, stride, padding, one, ceil_mode, false, op);
+  Pool2dShape s = prepare_pool(self, kernel_size, stride, padding, one, ceil_mode, op);
 
   CudaDeviceGuard guard(self.device());
   const cudaStream_t stream = current_cuda_stream();
@@ -574,7 +537,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   bool negate = false;
   const int64_t divisor = divisor_or_zero(divisor_override, op, &negate);
   const int64_t one[2] = {1, 1};
-  Pool2dShape s = pool_shape(self, kernel_size, stride, padding, one, ceil_mode, false, op);
+  Pool2dShape s = prepare_pool(self, kernel_size, stride, padding, one, ceil_mode, op);
   check_pool_grad(grad_output, s, op);
 
   CudaDeviceGuard guard(self.device());
@@ -608,7 +571,7 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& self, at::IntArrayRef outp
   check_pool_input(self, op);
   check_same_cuda(op, {{"input", &self}});
   check_dtype(self, op, "adaptive_avg_pool2d_fwd", true);
-  check_pair(output_size, "output_size", op);
+  check_pair(output_size, op, "output_size");
   TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, "fastconv.", op,
               ": elements of output_size must be greater than or equal to 0 but received {", output_size[0], ", ",
               output_size[1], "}");
@@ -697,6 +660,14 @@ void check_bn_param(const at::Tensor& t, const char* name, int64_t C, const char
               t.scalar_type());
 }
 
+// weight / bias: any shape with C elements (torch's rule, shared with the CPU binding).
+void check_bn_affine(const std::optional<at::Tensor>& t, const char* name, int64_t C, const char* op) {
+  if (!defined(t)) return;
+  ::fastconv::check_bn_affine(*t, C, op, name);
+  TORCH_CHECK(at::isFloatingType(t->scalar_type()), "fastconv.", op, ": expected a floating-point ", name, ", got ",
+              t->scalar_type());
+}
+
 void check_bn_param(const std::optional<at::Tensor>& t, const char* name, int64_t C, const char* op) {
   if (defined(t)) check_bn_param(*t, name, C, op);
 }
@@ -721,8 +692,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda
               input.sizes());
   const int64_t C = input.size(1);
   const at::ScalarType acc = acc_type(input.scalar_type());
-  check_bn_param(weight, "weight", C, op);
-  check_bn_param(bias, "bias", C, op);
+  check_bn_affine(weight, "weight", C, op);
+  check_bn_affine(bias, "bias", C, op);
 
   CudaDeviceGuard guard(input.device());
   const cudaStream_t stream = current_cuda_stream();
@@ -771,8 +742,8 @@ at::Tensor batch_norm_eval_cuda(const at::Tensor& input, const std::optional<at:
               input.sizes());
   const int64_t C = input.size(1);
   const at::ScalarType acc = acc_type(input.scalar_type());
-  check_bn_param(weight, "weight", C, op);
-  check_bn_param(bias, "bias", C, op);
+  check_bn_affine(weight, "weight", C, op);
+  check_bn_affine(bias, "bias", C, op);
   check_bn_param(running_mean, "running_mean", C, op);
   check_bn_param(running_var, "running_var", C, op);
 
@@ -823,7 +794,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   }
   const int64_t C = input.size(1);
   const at::ScalarType acc = acc_type(input.scalar_type());
-  check_bn_param(weight, "weight", C, op);
+  check_bn_affine(weight, "weight", C, op);
   check_bn_param(mean, "mean", C, op);
   check_bn_param(invstd, "invstd", C, op);
   // dweight/dbias come back in the parameters' dtype (float under AMP, half for a .half() model).
