@@ -82,3 +82,11 @@ def emu_arch() -> int:
 
 def is_emu_device(device) -> bool:
     return _C_emu is not None and torch.device(device).type == EMU_DEVICE
+
+
+def cuda_binding(emulated: bool):
+    """The module holding the CUDA binding, to ask its algorithm table: fastconv._C_emu for the
+    emulated device; fastconv._C on a CUDA build, else fastconv._C_emu (the same table and the same
+    host-side can_implement/workspace functions, compiled for the emulator); else None."""
+    mods = (_C_emu,) if emulated else (_C if built_with_cuda() else None, _C_emu)
+    return next((m for m in mods if m is not None and hasattr(m, "cuda_conv_query")), None)

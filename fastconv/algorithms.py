@@ -130,6 +130,43 @@ def _all(*rules: Rule) -> Rule:
     return rule
 
 
+# ---- asking the CUDA kernels (csrc/torch/cuda_ops.cpp cuda_conv_query) ---------------------------------
+
+_NO_LIMIT = 1 << 62
+
+
+def kernel_query(algo: str, p: ConvProblem, direction: int = 0, workspace_limit: int = _NO_LIMIT):
+    """The CUDA algorithm table's answer for p: (ok, reason, workspace_bytes), or None when the
+    module holding the CUDA binding (fastconv._C on a CUDA build, fastconv._C_emu) is absent.
+    direction: 0 fprop, 1 dgrad, 2 wgrad; with workspace_limit 0 the bytes are the least it runs with."""
+    mod = _ext.cuda_binding(p.emulated)
+    if mod is None:
+        return None
+    n = p.N if isinstance(p.N, int) else 1  # a symbolic batch (torch.compile): eligibility does not depend on it
+    return mod.cuda_conv_query(algo, direction, (n, p.C, p.H, p.W), (p.K, p.C // p.groups, p.R, p.S),
+                               tuple(p.stride) + tuple(p.padding) + tuple(p.dilation), p.groups,
+                               _elem_bytes(p.dtype), bool(p.channels_last), int(workspace_limit))
+
+
+def _kernel_rule(algo: str) -> Rule:
+    def rule(p: ConvProblem) -> Optional[str]:
+        answer = kernel_query(algo, p)
+        if answer is None or answer[0]:
+            return None
+        return f"the kernel cannot implement it: {answer[1]}"
+
+    return rule
+
+
+def _kernel_workspace(algo: str) -> Callable[[ConvProblem], int]:
+    def workspace(p: ConvProblem) -> int:
+        # The least it can run with (im2col chunks the batch down to one image), largest over directions.
+        answers = [kernel_query(algo, p, d, 0) for d in (0, 1, 2)]
+        return max((a[2] for a in answers if a is not None), default=0)
+
+    return workspace
+
+
 # device type -> algorithm -> rule (only what was built appears for CUDA).
 _RULES: Dict[str, Dict[str, Rule]] = {
     "cpu": {
@@ -137,12 +174,13 @@ _RULES: Dict[str, Dict[str, Rule]] = {
         "im2col": _all(_dtype_rule(_CPU_DTYPES), _any_config),
         "gemm1x1": _all(_dtype_rule(_CPU_DTYPES), _one_by_one),
     },
+    # CUDA: the binding's dtype set, then the kernels' own can_implement (asked, not mirrored).
     "cuda": {
-        "direct": _all(_dtype_rule(_CUDA_DTYPES + (torch.float64,)), _any_config),
-        "im2col": _all(_dtype_rule(_CUDA_DTYPES), _any_config),
-        "gemm1x1": _all(_dtype_rule(_CUDA_DTYPES), _one_by_one),
+        "direct": _all(_dtype_rule(_CUDA_DTYPES + (torch.float64,)), _kernel_rule("direct")),
+        "im2col": _all(_dtype_rule(_CUDA_DTYPES), _kernel_rule("im2col")),
+        "gemm1x1": _all(_dtype_rule(_CUDA_DTYPES), _kernel_rule("gemm1x1")),
         # Tensor-core implicit GEMM (csrc/cuda/conv2d_igemm_tc.cu): fprop, dgrad and wgrad.
-        "implicit_gemm": _all(_dtype_rule((torch.float16, torch.bfloat16)), _any_config),
+        "implicit_gemm": _all(_dtype_rule((torch.float16, torch.bfloat16)), _kernel_rule("implicit_gemm")),
     },
 }
 
@@ -212,30 +250,6 @@ def _cpu_im2col_workspace(p: ConvProblem) -> int:
     return (p.C // p.groups) * p.R * p.S * p.P * p.Q * _elem_bytes(p.dtype)
 
 
-def _cuda_im2col_workspace(p: ConvProblem) -> int:
-    # csrc/cuda/im2col.cu make_plan with one image per chunk (the binding chunks the batch to fit the
-    # limit, so one image is the least it can run with); the largest of fprop, dgrad and wgrad.
-    e = _elem_bytes(p.dtype)
-    col = p.C * p.R * p.S * p.P * p.Q * e
-    wgrad = p.K * (p.C // p.groups) * p.R * p.S * 4 + col + (0 if p.channels_last else p.K * p.P * p.Q * e)
-    return max(col, wgrad)
-
-
-def _cuda_gemm1x1_workspace(p: ConvProblem) -> int:
-    # csrc/cuda/conv2d_1x1.cu make_plan, one image per chunk: a gathered input image when strided,
-    # and for wgrad the fp32 accumulator plus NCHW packing buffers.
-    e = _elem_bytes(p.dtype)
-    cpq, kpq = p.C * p.P * p.Q * e, p.K * p.P * p.Q * e
-    strided = p.stride != (1, 1)
-    fprop = cpq if strided else 0
-    wgrad = p.K * (p.C // p.groups) * 4
-    if not p.channels_last:
-        wgrad += cpq + kpq
-    elif strided:
-        wgrad += cpq
-    return max(fprop, wgrad)
-
-
 @dataclass(frozen=True)
 class AlgoTraits:
     """What the chooser needs to know about an algorithm besides `can_implement`.
@@ -261,10 +275,10 @@ _TRAITS: Dict[str, Dict[str, AlgoTraits]] = {
         "gemm1x1": AlgoTraits(),
     },
     "cuda": {
-        "direct": AlgoTraits(),
-        "im2col": AlgoTraits(workspace_bytes=_cuda_im2col_workspace),
-        "gemm1x1": AlgoTraits(workspace_bytes=_cuda_gemm1x1_workspace),
-        "implicit_gemm": AlgoTraits(),
+        "direct": AlgoTraits(workspace_bytes=_kernel_workspace("direct")),
+        "im2col": AlgoTraits(workspace_bytes=_kernel_workspace("im2col")),
+        "gemm1x1": AlgoTraits(workspace_bytes=_kernel_workspace("gemm1x1")),
+        "implicit_gemm": AlgoTraits(workspace_bytes=_kernel_workspace("implicit_gemm")),
     },
 }
 

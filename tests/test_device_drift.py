@@ -51,3 +51,22 @@ def test_batch_norm_weight_with_wrong_count_is_refused(device):
     x = torch.randn(2, 3, 4, 4)
     with pytest.raises(RuntimeError, match="3 elements"):
         FF.batch_norm(x.to(device), None, None, torch.ones(4).to(device), None, training=True)
+
+
+@pytest.mark.skipif(not fastconv._ext.emu_available(), reason="needs the CUDA binding's table (fastconv._C_emu)")
+def test_cuda_algorithm_table_is_asked_not_mirrored():
+    """fastconv.algorithms takes can_implement and workspace sizes from the CUDA binding itself."""
+    from fastconv import algorithms as A
+
+    p = A.ConvProblem(4, 64, 14, 14, 256, 3, 3, (1, 1), (1, 1), (1, 1), 1, torch.float32, "cuda", False, None, True)
+    answers = [A.kernel_query("im2col", p, d, 0) for d in (0, 1, 2)]
+    assert all(a is not None and a[2] > 0 for a in answers)
+    assert A.workspace_bytes("im2col", p) == max(a[2] for a in answers)
+    # gemm1x1 on a 3x3 filter: the kernel's own reason comes through.
+    why = A.why_not("gemm1x1", p)
+    assert why is not None and "kernel cannot implement" in why and "1x1" in why
+    # Running with a workspace limit below what the kernel says it needs is refused by the binding.
+    x = torch.randn(1, 64, 14, 14).to(fastconv._ext.EMU_DEVICE)
+    w = torch.randn(256, 64, 3, 3).to(fastconv._ext.EMU_DEVICE)
+    ok, _, need = A.kernel_query("im2col", A.ConvProblem.from_tensors(x, w, (1, 1), (1, 1), (1, 1), 1), 0, 0)
+    assert not ok and need > 0

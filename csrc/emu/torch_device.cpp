@@ -26,6 +26,7 @@
 #include <cstring>
 #include <string>
 
+#include "cuda_query_py.h"
 #include "runtime.h"
 
 namespace fastconv {
@@ -290,6 +291,7 @@ PyMethodDef kMethods[] = {
     {"register_hooks", py_register_hooks, METH_NOARGS, "Registers the PrivateUse1 hooks (once)."},
     {"set_counters", py_counters, METH_O, "Turns the memory-access counters on or off."},
     {"print_counters", py_print_counters, METH_NOARGS, "Prints the counters per kernel."},
+    FASTCONV_CUDA_QUERY_METHOD,
     {nullptr, nullptr, 0, nullptr}};
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C_emu",
                        "fastconv's CUDA binding and kernels on the emulated CUDA device (torch device 'fcemu').",

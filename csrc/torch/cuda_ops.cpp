@@ -896,6 +896,40 @@ void batch_norm_update_running_stats_cuda(const at::Tensor& running_mean, const 
 }  // namespace
 }  // namespace fastconv
 
+namespace fastconv {
+
+// What the CUDA algorithm table says of a configuration, without tensors: the Python layer asks
+// this instead of mirroring can_implement and the workspace formulas (fastconv.algorithms).
+CudaConvQuery cuda_conv_query(const std::string& algo, int dir, const std::array<int64_t, 4>& in,
+                              const std::array<int64_t, 4>& wt, const std::array<int64_t, 6>& geom, int64_t groups,
+                              int elem_bytes, bool channels_last, int64_t workspace_limit) {
+  const ConvAlgo* a = find_conv_algo(algo);
+  if (a == nullptr) return {false, "unknown CUDA conv algo '" + algo + "'", 0};
+  if (dir < 0 || dir > 2) return {false, "direction must be 0 (fprop), 1 (dgrad) or 2 (wgrad)", 0};
+  if (elem_bytes == 8 && !a->has_double())
+    return {false, std::string("CUDA algo '") + a->name + "' has no float64 kernels", 0};
+  const int64_t st[2] = {geom[0], geom[1]}, pd[2] = {geom[2], geom[3]}, dl[2] = {geom[4], geom[5]};
+  Conv2dShape s;
+  try {
+    s = conv_shape_from_sizes(at::IntArrayRef(in.data(), 4), at::IntArrayRef(wt.data(), 4), at::IntArrayRef(st, 2),
+                              at::IntArrayRef(pd, 2), at::IntArrayRef(dl, 2), groups, "conv2d");
+  } catch (const c10::Error& e) {
+    return {false, e.what_without_backtrace(), 0};
+  }
+  // As the binding computes: the algorithms that run in channels_last get channels_last strides.
+  set_conv_strides(s, channels_last || a->nhwc_only ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous);
+  const ConvDir d = static_cast<ConvDir>(dir);
+  if (!a->can_implement(s, d, elem_bytes)) return {false, a->why_not(s), 0};
+  const size_t limit = static_cast<size_t>(std::max<int64_t>(workspace_limit, 0));
+  const size_t bytes = a->workspace_bytes(s, d, elem_bytes, limit);
+  if (bytes > limit)
+    return {false, "needs " + std::to_string(bytes) + " bytes of workspace, over the limit of " +
+                       std::to_string(limit), static_cast<int64_t>(bytes)};
+  return {true, "", static_cast<int64_t>(bytes)};
+}
+
+}  // namespace fastconv
+
 TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) {
   m.impl("conv2d", TORCH_FN(fastconv::conv2d_cuda));
   m.impl("conv2d_dgrad", TORCH_FN(fastconv::conv2d_dgrad_cuda));

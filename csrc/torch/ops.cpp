@@ -7,6 +7,9 @@
 #include <torch/version.h>
 
 #include "checks.h"
+#ifdef FASTCONV_WITH_CUDA
+#include "cuda_query_py.h"
+#endif
 
 namespace fastconv {
 namespace {
@@ -89,6 +92,9 @@ static PyObject* py_cuda_arch_list(PyObject*, PyObject*) {
 static PyMethodDef fastconv_methods[] = {
     {"built_with_cuda", py_built_with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled."},
     {"cuda_arch_list", py_cuda_arch_list, METH_NOARGS, "The CUDA archs the kernels were compiled for."},
+#ifdef FASTCONV_WITH_CUDA
+    FASTCONV_CUDA_QUERY_METHOD,
+#endif
     {nullptr, nullptr, 0, nullptr}};
 static struct PyModuleDef fastconv_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastconv_methods};
 extern "C" PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fastconv_module); }
