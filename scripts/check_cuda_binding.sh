@@ -61,7 +61,8 @@ printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$SHIM/c10/cuda/imp
 
 # torch and CUDA headers as system headers: their own warnings are not ours to fix; ours are errors.
 SYS_INC=()
-for d in "${TORCH_INC[@]}" "$CUDA_INC" "$SHIM"; do SYS_INC+=(-isystem "$d"); done
+PY_INC="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+for d in "${TORCH_INC[@]}" "$CUDA_INC" "$SHIM" "$PY_INC"; do SYS_INC+=(-isystem "$d"); done
 
 # Every csrc/torch/cuda_*.cpp is checked; these must exist (a missing one would otherwise pass silently).
 for required in csrc/torch/cuda_ops.cpp csrc/torch/cuda_fused.cpp; do
@@ -72,7 +73,8 @@ for required in csrc/torch/cuda_ops.cpp csrc/torch/cuda_fused.cpp; do
 done
 
 shopt -s nullglob
-SRCS=(csrc/torch/cuda_*.cpp)
+# ops.cpp too: on a CUDA build it exposes the binding's cuda_conv_query (csrc/torch/cuda_query_py.h).
+SRCS=(csrc/torch/cuda_*.cpp csrc/torch/ops.cpp)
 if [ "${#SRCS[@]}" -eq 0 ]; then
   echo "check_cuda_binding: no csrc/torch/cuda_*.cpp to check" >&2
   exit 1

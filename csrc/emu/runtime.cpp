@@ -1023,9 +1023,7 @@ cudaError_t launch(const LaunchSpec& spec, void (*body)(void*), void* ctx) {
     t.coords.block_dim = b;
     t.coords.grid_dim = g;
   }
-  // Threads past nthreads in the pool never run: mark them done so collectives see them absent.
-  for (size_t i = static_cast<size_t>(ex.nthreads); i < ex.threads.size(); ++i)
-    ex.threads[i].state = FiberState::kDone;
+  // Pool threads past nthreads are set aside for this launch (returned to the pool after it).
   std::vector<Thread> extra;
   if (ex.threads.size() > threads) {
     extra.assign(std::make_move_iterator(ex.threads.begin() + static_cast<long>(threads)),

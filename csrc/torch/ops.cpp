@@ -96,5 +96,6 @@ static PyMethodDef fastconv_methods[] = {
     FASTCONV_CUDA_QUERY_METHOD,
 #endif
     {nullptr, nullptr, 0, nullptr}};
-static struct PyModuleDef fastconv_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastconv_methods};
+static struct PyModuleDef fastconv_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastconv_methods,
+                                             nullptr, nullptr, nullptr, nullptr};
 extern "C" PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fastconv_module); }
