@@ -6,7 +6,10 @@
 
 `--benchmark` is this conftest's option (pytest-benchmark has none by that name). Filters:
 --bench-models, --bench-dtypes, --bench-layouts, --bench-devices, --bench-batch (comma lists).
-The layer tables are fastconv.bench.layers (ResNet-50 and GoogLeNet, derived from the papers).
+--bench-models takes any model of fastconv.models (default: ResNet-50 and GoogLeNet for the layer
+suite, ResNet-18/50/152 and GoogLeNet for the model suite; a smoke run: ResNet-18 models only).
+The layer tables are fastconv.bench.layers (the papers' for ResNet and GoogLeNet; traced from the
+built network for the rest of the zoo).
 Render the JSON with `python -m fastconv report FILE -o DIR`.
 """
 
@@ -19,11 +22,20 @@ import torch
 def pytest_addoption(parser):
     g = parser.getgroup("fastconv benchmarks")
     g.addoption("--benchmark", action="store_true", default=False, help="run the fastconv benchmark suites")
-    g.addoption("--bench-models", default="resnet50,googlenet", help="models whose layers to time")
+    g.addoption("--bench-models", default=None,
+                help="models to time, comma-separated (default: resnet50,googlenet layers; resnet18,resnet50,resnet152,"
+                     "googlenet whole models; smoke run: resnet18 whole models)")
     g.addoption("--bench-dtypes", default=None, help="fp32,fp16,bf16 (default: fp32 on the CPU, all three on the GPU)")
     g.addoption("--bench-layouts", default="nchw,nhwc", help="nchw,nhwc")
     g.addoption("--bench-devices", default=None, help="cpu,cuda (default: cuda when usable, else cpu)")
     g.addoption("--bench-batch", default=None, help="batch size (default 32 on the GPU, 8 on the CPU)")
+
+
+def pytest_configure(config):
+    if config.getoption("--bench-models"):  # a typo fails here, before collection, with the list of names
+        from fastconv.bench.runner import model_names
+
+        bench_models(config, (), model_names())
 
 
 def _cuda_usable() -> bool:
@@ -52,6 +64,20 @@ def dtypes(config, device: str):
     if smoke(config) or device == "cpu":
         return ["fp32"]
     return ["fp32", "fp16", "bf16"]
+
+
+def bench_models(config, default, known):
+    """The models of --bench-models (in order), or `default` without it; a name not in `known` is a
+    usage error (pytest exits with it before collecting anything)."""
+    opt = config.getoption("--bench-models")
+    if not opt:
+        return list(default)
+    names = [m.strip() for m in opt.split(",") if m.strip()]
+    bad = [m for m in names if m not in known]
+    if bad or not names:
+        raise pytest.UsageError(f"--bench-models: unknown model(s) {', '.join(bad) or repr(opt)}; "
+                                f"choose from {', '.join(known)}")
+    return names
 
 
 def batch(config, device: str) -> int:
@@ -91,7 +117,8 @@ def bench_env():
         env = environment(torch.device(dev))
         out[dev] = {k: env.get(k) for k in ("device", "sm_count", "capability", "cuda_driver", "torch_cuda", "cudnn",
                                             "torch", "tf32_cudnn", "tf32_matmul", "cudnn_benchmark", "git_commit",
-                                            "git_dirty", "fastconv", "fastconv_built_with_cuda", "cpu_threads")
+                                            "git_dirty", "fastconv", "fastconv_built_with_cuda", "cpu_threads",
+                                            "cpu_count", "load_average_1m", "device_type")
                     if env.get(k) is not None}
     return out
 

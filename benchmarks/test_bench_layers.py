@@ -1,5 +1,5 @@
-"""Per-layer benchmarks: every distinct conv / pool / BN layer of ResNet-50 and GoogLeNet
-(fastconv.bench.layers), each fastconv algorithm that can take it and torch (cuDNN on the GPU,
+"""Per-layer benchmarks: every distinct conv / pool / BN layer of the --bench-models (default ResNet-50
+and GoogLeNet; fastconv.bench.layers), each fastconv algorithm that can take it and torch (cuDNN on the GPU,
 ATen/oneDNN on the CPU) in one benchmark group per (layer, pass, batch, dtype, layout); fprop,
 dgrad, wgrad (pools and BN: fprop, bprop)."""
 
@@ -18,7 +18,7 @@ _SMOKE_C, _SMOKE_HW = 8, 9
 
 
 def _shrink(spec: LayerSpec) -> LayerSpec:
-    hw = max(min(spec.H, _SMOKE_HW), spec.R)
+    hw = max(min(spec.H, _SMOKE_HW), spec.R, spec.S)
     out = dataclasses.replace(spec, C=min(spec.C, _SMOKE_C), K=min(spec.K, _SMOKE_C) if spec.K else 0, H=hw, W=hw,
                               names=list(spec.names))
     if spec.kind == "adaptive_avgpool":
@@ -44,21 +44,24 @@ def _layers(config, model):
 def pytest_generate_tests(metafunc):
     if "layer_case" not in metafunc.fixturenames:
         return
-    from conftest import batch, devices, dtypes
+    from conftest import batch, bench_models, devices, dtypes
 
     from fastconv import algorithms
+    from fastconv.bench.layers import LAYER_MODELS
+    from fastconv.bench.runner import model_names
 
     cfg = metafunc.config
+    models = bench_models(cfg, LAYER_MODELS, model_names())
     params, ids = [], []
     for dev in devices(cfg):
         algos = [a for a in algorithms.available_algorithms(dev) if a != "auto"] or ["direct", "im2col", "gemm1x1"]
-        for model in cfg.getoption("--bench-models").split(","):
+        for model in models:
             for spec in _layers(cfg, model):
                 for dt in dtypes(cfg, dev):
                     for layout in cfg.getoption("--bench-layouts").split(","):
                         for pss in cases.passes_for(spec, cases.CONV_PASSES):
                             for impl in (algos if spec.kind == "conv" else ["-"]) + ["torch"]:
-                                if impl == "gemm1x1" and (spec.R != 1 or spec.padding):
+                                if impl == "gemm1x1" and (spec.R != 1 or any(spec.pads)):
                                     continue
                                 params.append((dev, model, spec, dt, layout, pss, impl, batch(cfg, dev)))
                                 ids.append(f"{dev}-{model}-{spec.names[0]}-{pss}-{dt}-{layout}-{impl}")

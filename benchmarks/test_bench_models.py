@@ -1,61 +1,60 @@
 """Per-model benchmarks: inference and one training step (forward + cross-entropy + backward + SGD)
-for ResNet-18/50/152 and GoogLeNet; torch eager, fastconv (converted; converted+fused when fastconv
-offers a fusion pass) and torch.compile, in one group per (model, mode, batch, dtype, layout).
-Needs fastconv.models (skipped without it)."""
+for the models of --bench-models (default ResNet-18/50/152 and GoogLeNet; any of fastconv.models);
+torch eager (the network reverted to torch.nn), fastconv (converted; converted+fused, inference only)
+and torch.compile, built by fastconv.bench.runner.build_variant (the same variants as `python -m
+fastconv bench --mode inference|train`), in one group per (model, mode, batch, dtype, layout)."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
 from fastconv.bench import cases, runner
+from fastconv.bench.layers import input_shape
 
-MODELS = ("resnet18", "resnet50", "resnet152", "googlenet")
-VARIANTS = ("eager", "converted", "converted+fused", "torch.compile")
+MODELS = ("resnet18", "resnet50", "resnet152", "googlenet")  # without --bench-models
+SMOKE_MODELS = ("resnet18",)                                  # --benchmark-disable without --bench-models
 
 
 def pytest_generate_tests(metafunc):
     if "model_case" not in metafunc.fixturenames:
         return
-    from conftest import batch, devices, dtypes, smoke
+    from conftest import batch, bench_models, devices, dtypes, smoke
 
     cfg = metafunc.config
+    models = bench_models(cfg, SMOKE_MODELS if smoke(cfg) else MODELS, runner.model_names())
     params, ids = [], []
     for dev in devices(cfg):
-        for model in (("resnet18",) if smoke(cfg) else MODELS):
+        for model in models:
             for mode in ("inference", "train"):
                 for dt in dtypes(cfg, dev):
                     for layout in cfg.getoption("--bench-layouts").split(","):
-                        for variant in VARIANTS:
+                        for variant in runner.VARIANTS:
                             params.append((dev, model, mode, dt, layout, variant, batch(cfg, dev)))
                             ids.append(f"{dev}-{model}-{mode}-{dt}-{layout}-{variant}")
     metafunc.parametrize("model_case", params, ids=ids)
 
 
-def _build(model_name, variant, device, dtype, layout):
-    import fastconv
-
+def build(model_name: str, variant: str, mode: str, device: torch.device, dtype: torch.dtype, layout: str):
+    """(torch eager reference, the module to time) for one case; skips the case when it cannot run."""
     try:
-        base = runner.get_model(model_name)
+        net = runner.get_model(model_name)
     except runner.BenchError as e:
         pytest.skip(str(e))
-    base = base.to(device=device, dtype=dtype)
+    net = net.to(device=device, dtype=dtype)
     if layout == "nhwc":
-        base = base.to(memory_format=torch.channels_last)
-    if variant == "eager":
-        return base, base
-    if variant == "converted":
-        return base, fastconv.convert(base)
-    if variant == "converted+fused":
-        fused = runner._fused(base)
-        if fused is None:
-            pytest.skip("fastconv offers no BN+ReLU fusion pass yet")
-        return base, fused
-    if device.type == "cpu" and torch.get_num_threads() < 4:
+        net = net.to(memory_format=torch.channels_last)
+    if variant == "torch.compile" and device.type == "cpu" and torch.get_num_threads() < 4:
         pytest.skip("torch.compile on a small CPU machine: compile time dominates")
-    return base, torch.compile(copy.deepcopy(base))
+    ref = runner.build_variant(net, "eager", train=False)
+    model = ref if variant == "eager" else runner.build_variant(net, variant, train=mode == "train")
+    if model is None:
+        pytest.skip(f"{variant} is inference only (folding BN into the conv freezes its statistics)")
+    return ref, model
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
 
 
 def test_model(model_case, bench_run):
@@ -66,24 +65,30 @@ def test_model(model_case, bench_run):
     dtype = cases.DTYPES[dt]
     if n == 1 and mode == "train":
         n = 2  # batch norm needs more than one value per channel
-    ref, model = _build(model_name, variant, device, dtype, layout)
-    x = torch.randn(n, 3, 224, 224, device=device, dtype=dtype)
+    ref, model = build(model_name, variant, mode, device, dtype, layout)
+    impl = runner.VARIANT_IMPL[variant]
+    assert not runner.fastconv_layers(ref), "the torch eager reference must not contain fastconv layers"
+    if impl == "torch":
+        assert not runner.fastconv_layers(model), f"the {variant} baseline must not contain fastconv layers"
+    x = torch.randn(n, *input_shape(model_name), device=device, dtype=dtype)
     if layout == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 1000, (n,), device=device)
     ref.eval()
     model.eval()
     with torch.no_grad():
-        out, want = model(x), ref(x)
-    err = cases.max_rel_error(out[0] if isinstance(out, tuple) else out, want[0] if isinstance(want, tuple) else want)
+        out, want = _first(model(x)), _first(ref(x))
+    err = cases.max_rel_error(out, want)
+    if impl == "fastconv":
+        tol = 1e-3 if dt in ("fp32", "fp64") else 5e-2
+        assert err <= tol, f"{variant} {model_name} differs from torch eager: max rel err {err:.2e}"
+    labels = torch.randint(0, want.shape[-1], (n,), device=device)
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def fn():
             opt.zero_grad(set_to_none=True)
-            y = model(x)
-            y = y[0] if isinstance(y, tuple) else y
+            y = _first(model(x))
             torch.nn.functional.cross_entropy(y.float(), labels).backward()
             opt.step()
     else:
@@ -92,7 +97,6 @@ def test_model(model_case, bench_run):
                 return model(x)
     record = {"kind": "model", "model": model_name, "layer": model_name, "label": f"{model_name} {mode}", "pass": mode,
               "batch": n, "dtype": dt, "layout": layout, "device": dev, "variant": variant,
-              "group": f"{model_name}/{mode}/b{n}/{dt}/{layout}",
-              "impl": "fastconv" if variant.startswith("converted") else "torch", "algo": variant, "flops": 0,
+              "group": f"{model_name}/{mode}/b{n}/{dt}/{layout}", "impl": impl, "algo": variant, "flops": 0,
               "bytes": 0, "max_rel_err": err}
     bench_run(fn, device, record, rounds=5)

@@ -1,16 +1,23 @@
 """python -m fastconv bench / report on the CPU: outputs, columns, the stored sample, comparisons,
-pytest-benchmark JSON, layer tables against published FLOP counts, and clear errors."""
+pytest-benchmark JSON, layer tables against published FLOP counts, and clear errors; IQR beside every
+time and the warnings for noisy timings and a busy machine; progress output when stderr is not a
+terminal; every model of the zoo; what the plots show (inspected as matplotlib objects)."""
 
+import io
 import json
 import os
+import re
+import statistics
+import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from fastconv.__main__ import main
-from fastconv.bench import layers, report, results, runner
+from fastconv.bench import cases, env, layers, plots, report, results, runner, timing
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "sample_results.json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,8 +35,21 @@ def _is_png(path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quick"
-    r = _run("bench", "--quick", "--device", "cpu", "--no-progress", "--out", str(out))
+    r = _run("bench", "--quick", "--device", "cpu", "--out", str(out))  # stderr is a pipe: not a terminal
     return r, out
+
+
+def _table(stdout: str):
+    """The rows of the text table `bench` prints, as {column: cell} dicts."""
+    lines = stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("layer ") or line.startswith("model "))
+    cols = re.split(r"\s{2,}", lines[head].strip())
+    rows = []
+    for line in lines[head + 2:]:
+        if not line.strip() or line.startswith(("times:", "warning:", "roofs:")):
+            break
+        rows.append(dict(zip(cols, re.split(r"\s{2,}", line.strip()))))
+    return rows
 
 
 def test_quick_run_writes_json_markdown_pngs(quick_run):
@@ -51,11 +71,142 @@ def test_quick_run_writes_json_markdown_pngs(quick_run):
             assert x["max_rel_err"] < 1e-4, x["group"]
     assert {x["pass"] for x in recs} == {"fprop", "dgrad", "wgrad", "bprop"}
     md = (out / "report.md").read_text()
-    assert "| layer | uses | pass | batch | algo | fastconv ms | torch ms | speed-up |" in md
+    assert ("| layer | uses | pass | batch | algo | fastconv ms | fastconv IQR | torch ms | torch IQR | speed-up |"
+            in md)
     assert "### Environment" in md and "git commit" in md and "torch" in md
     for png in ("speedup.png", "roofline.png"):
         assert _is_png(out / png) and f"({png})" in md
     assert (out / "bench.log").read_text().strip().startswith("fastconv bench:")
+
+
+def test_quick_run_reports_iqr_beside_every_time(quick_run):
+    r, out = quick_run
+    run = results.load(str(out / "results.json"))
+    for x in run["records"]:
+        if "stats" in x:
+            st = x["stats"]
+            assert st["iqr"] == pytest.approx(st["q3"] - st["q1"]) and st["q1"] <= st["median"] <= st["q3"]
+    by = {(x["label"], x["pass"], x["impl"], x["algo"] if x["impl"] == "fastconv" else "torch"): x
+          for x in run["records"] if "stats" in x}
+    rows = _table(r.stdout)
+    assert rows and {"fastconv IQR", "torch IQR"} <= set(rows[0])
+    noisy = 0
+    for row in rows:
+        for impl, algo in (("fastconv", row["algo"]), ("torch", "torch")):
+            rec = by[(row["layer"], row["pass"], impl, algo)]
+            iqr = rec["stats"]["q3"] - rec["stats"]["q1"]
+            assert row[f"{impl} ms"] == report._ms(rec["stats"]["median"])
+            assert row[f"{impl} IQR"].split()[0] == report._ms(iqr)
+            marked = row[f"{impl} IQR"].endswith(report.NOISY_MARK)
+            assert marked == (iqr / rec["stats"]["median"] > timing.NOISY_IQR)
+            noisy += marked
+    md = (out / "report.md").read_text()
+    assert run["warnings"] == report.trust_warnings(run)
+    if noisy:
+        assert f"{noisy} of " in run["warnings"][0]
+        assert f"warning: {noisy} of " in r.stdout and f"> **Warning:** {noisy} of " in md
+    else:
+        assert "times are noisy" not in r.stdout + md
+
+
+def test_quick_run_progress_is_not_a_redrawn_bar_when_stderr_is_not_a_terminal(quick_run):
+    r, _ = quick_run
+    assert "\r" not in r.stderr and "it/s" not in r.stderr
+    progress = [line for line in r.stderr.splitlines() if line.startswith("layers resnet50: ")]
+    n = len(layers.quick_layers("resnet50"))
+    jobs = sum(len(cases.passes_for(spec, cases.CONV_PASSES)) for spec in layers.quick_layers("resnet50"))
+    assert 1 <= len(progress) <= runner._Lines.STEPS and n
+    assert progress[-1].startswith(f"layers resnet50: {jobs}/{jobs} done")
+
+
+def test_progress_bar_on_a_terminal_lines_otherwise_nothing_when_disabled():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, enabled in ((io.StringIO(), True), (Terminal(), True), (Terminal(), False)):
+        bar = runner._progress(40, "layers x", enabled, stream=stream)
+        for i in range(40):
+            bar.set_postfix_str(f"job {i}")
+            bar.update(1)
+        bar.close()
+        text = stream.getvalue()
+        if not enabled:
+            assert text == ""
+        elif stream.isatty():
+            assert "\r" in text  # a bar that redraws itself
+        else:  # a line per quarter of the jobs
+            assert "\r" not in text
+            assert [line.split(" done")[0] for line in text.splitlines()] == [f"layers x: {k}/40" for k in (10, 20, 30, 40)]
+            assert text.splitlines()[-1].endswith("last: job 39)")
+
+
+def test_iqr_of_known_samples():
+    samples = [5.0, 1.0, 4.0, 2.0, 3.0, 100.0]  # one outlier: the median and IQR stay put
+    st = timing.stats_from_samples(samples, inner=1, timer="test")
+    q1, q3 = np.percentile(samples, [25, 75])  # numpy's default (linear) is the 'inclusive' method
+    assert (q1, q3) == pytest.approx((2.25, 4.75))
+    assert (st.q1, st.median, st.q3) == pytest.approx((2.25, 3.5, 4.75))
+    assert st.iqr == pytest.approx(2.5) and st.as_dict()["iqr"] == pytest.approx(2.5)
+    assert (st.min, st.max, st.rounds) == (1.0, 100.0, 6)
+    assert timing.relative_iqr(st.as_dict()) == pytest.approx(2.5 / 3.5)
+    assert timing.relative_iqr({"median": 2.0, "q1": 1.9, "q3": 2.1}) == pytest.approx(0.1)  # pytest-benchmark: no iqr
+    assert timing.is_noisy(st.as_dict()) and not timing.is_noisy({"median": 2.0, "iqr": 0.2})
+    assert timing.relative_iqr(None) is None and not timing.is_noisy({})
+    one = timing.stats_from_samples([7.0], 1, "test")
+    assert one.iqr == 0 and one.median == 7.0
+    assert statistics.median(samples) == st.median
+
+
+def _layer_rec(group, impl, algo, median, iqr, label="conv 3x3 8->8 @9", pss="fprop"):
+    return {"kind": "layer", "model": "m", "layer": group, "label": label, "layer_kind": "conv", "count": 1,
+            "pass": pss, "batch": 1, "dtype": "fp32", "layout": "nchw", "device": "cpu", "group": group,
+            "impl": impl, "algo": algo, "flops": 2_000_000, "bytes": 40_000,
+            "stats": {"median": median, "q1": median - iqr / 2, "q3": median + iqr / 2, "iqr": iqr, "rounds": 5}}
+
+
+def test_noisy_times_are_marked_and_warned_in_table_and_report(tmp_path):
+    recs = [_layer_rec("a", "fastconv", "direct", 1e-3, 0.5e-3), _layer_rec("a", "torch", "ATen/oneDNN", 2e-3, 1e-5),
+            _layer_rec("b", "fastconv", "direct", 1e-3, 1e-5, label="conv 1x1 8->8 @9"),
+            _layer_rec("b", "torch", "ATen/oneDNN", 1e-3, 1e-5, label="conv 1x1 8->8 @9")]
+    run = {"schema": results.SCHEMA, "env": {"device": "test-cpu", "device_type": "cpu"}, "roofs": None,
+           "settings": {"mode": "layers", "model": "m"}, "records": recs}
+    rows = report.layer_rows(run)
+    col = report.COLUMNS.index
+    assert rows[0][col("fastconv IQR")] == "0.500 !" and rows[0][col("torch IQR")] == "0.010"
+    assert rows[1][col("fastconv IQR")] == "0.010"
+    warnings = report.trust_warnings(run)
+    assert len(warnings) == 1 and warnings[0].startswith("1 of 4 times are noisy")
+    assert "IQR 50% of the median" in warnings[0] and "conv 3x3 8->8 @9 fprop fastconv:direct" in warnings[0]
+    report.write_report([run], str(tmp_path), make_plots=False)
+    md = (tmp_path / "report.md").read_text()
+    assert f"> **Warning:** {warnings[0]}" in md and "| 0.500 ! |" in md
+    for r in recs:
+        r["stats"]["iqr"] = r["stats"]["median"] * 0.01
+    assert report.trust_warnings(run) == []
+
+
+@pytest.mark.parametrize("e, warns", [
+    ({"cpu_count": 2, "cpu_threads": 2, "load_average_1m": 0.3}, False),           # idle 2-core machine
+    ({"cpu_count": 2, "cpu_threads": 2, "load_average_1m": 3.0}, True),            # 4 engineers on it
+    ({"cpu_count": 2, "cpu_threads": 2, "load_average_1m": 0.2, "load_average_1m_end": 5.5}, True),  # busy later
+    ({"cpu_count": 2, "cpu_threads": 2, "load_average_1m": 0.2, "load_average_1m_end": 2.2}, False),  # our own load
+    ({"cpu_count": 16, "cpu_threads": 16, "load_average_1m": 3.0, "device_type": "cuda"}, False),   # GPU: 1 thread
+    ({"cpu_count": 16, "load_average_1m": 20.0, "device_type": "cuda"}, True),
+    ({"load_average_1m": 9.0}, False),                                              # no CPU count: unknown
+])
+def test_load_average_warning(e, warns):
+    w = env.load_warning(e)
+    assert (w is not None) == warns
+    if warns:
+        assert f"on {e['cpu_count']} CPUs" in w
+        run = {"env": e, "records": []}
+        assert any("shared the CPU" in x for x in report.trust_warnings(run))
+
+
+def test_environment_records_cpu_count_and_load():
+    e = env.environment(torch.device("cpu"))
+    assert e["cpu_count"] == os.cpu_count() and e["load_average_1m"] == pytest.approx(os.getloadavg()[0], abs=5)
 
 
 def test_report_renders_sample(tmp_path):
@@ -97,10 +248,15 @@ def test_report_reads_pytest_benchmark_json(tmp_path):
     assert got["tflops"] == pytest.approx(rec["flops"] / rec["stats"]["median"] / 1e12)
     assert run["env"]["device"] == "test-cpu" and run["env"]["git_commit"] == "abc"
     assert main(["report", str(path), "-o", str(tmp_path / "out"), "--no-plots"]) == 0
+    # the heading names the run (file name, device type, commit) and the device, never "## ? <commit>"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "\n## pytest-benchmark pb cpu abc on test-cpu\n" in md and "## ?" not in md
+    assert main(["report", str(path), "-o", str(tmp_path / "lab"), "--no-plots", "--label", "nightly"]) == 0
+    assert "\n## nightly on test-cpu\n" in (tmp_path / "lab" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["bench", "--model", "alexnet"], "invalid choice"),
+    (["bench", "--model", "nonet"], "invalid choice"),
     (["bench", "--batch", "0"], "positive"),
     (["bench", "--dtype", "fp8"], "invalid choice"),
     (["bench", "--device", "cuda"] if not torch.cuda.is_available() else ["bench", "--device", "tpu"], "error"),
@@ -154,7 +310,7 @@ def test_model_mode_records(monkeypatch):
         assert by["converted"]["impl"] == "fastconv" and by["eager"]["impl"] == "torch"
         assert by["converted"]["max_rel_err"] < 1e-4 and by["converted"]["images_per_s"] > 0
         rows = report.model_rows({"records": recs})
-        assert rows and rows[0][report.MODEL_COLUMNS.index("variant")] == "eager"
+        assert rows and rows[0][report.MODEL_COLUMNS.index("variant")] == "torch eager"
 
 
 @pytest.mark.parametrize("model, gmacs, rel", [
@@ -186,3 +342,167 @@ def test_layer_table_shapes_chain_like_torch():
         else:
             y = x
         assert tuple(y.shape[2:]) == (spec.P, spec.Q), spec.label()
+
+
+# ---- the whole zoo -----------------------------------------------------------------------------------
+def test_model_accepts_every_model_of_the_zoo():
+    import argparse
+
+    from fastconv.bench.cli import add_parsers
+    from fastconv.models import list_models
+
+    p = argparse.ArgumentParser()
+    add_parsers(p.add_subparsers(dest="command"))
+    for name in list_models():
+        assert p.parse_args(["bench", "--model", name]).model == name
+    assert set(runner.model_names()) == set(list_models()) | set(layers.MODELS)
+
+
+@pytest.mark.parametrize("mode", ["inference", "layers"])
+def test_bench_runs_a_zoo_model_without_a_paper_table(mode, tmp_path, capsys):
+    # LeNet-5 takes 1x32x32 inputs and has 10 classes: the run must use the model's own input and labels.
+    assert main(["bench", "--model", "lenet5", "--mode", mode, "--quick", "--device", "cpu", "--no-progress",
+                 "--no-plots", "--rounds", "3", "--max-time", "0.05", "--out", str(tmp_path)]) == 0
+    run = results.load(str(tmp_path / "results.json"))
+    recs = [r for r in run["records"] if "stats" in r]
+    assert recs and all(r["model"] == "lenet5" for r in recs)
+    if mode == "inference":
+        assert [r["algo"] for r in recs] == ["eager", "converted", "converted+fused"]
+        assert "torch eager" in capsys.readouterr().out
+    else:
+        assert {r["layer"] for r in recs} >= {"features.0", "features.2"}  # conv 5x5 1->6 @32, its avg pool
+        assert all(r["max_rel_err"] < 1e-4 for r in recs if r["impl"] == "fastconv")
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_traced_layer_table_equals_the_paper_table(model):
+    # The same distinct shapes and use counts, whether derived from the paper or traced from fastconv.models.
+    from fastconv.models import get_model
+
+    with torch.device("meta"):
+        net = get_model(model)
+    traced = {s.key(): s.count for s in layers.traced_layers(net, (3, 224, 224))}
+    assert traced == {s.key(): s.count for s in layers.model_layers(model)}
+
+
+def test_traced_rectangular_layers_run_against_torch():
+    # Inception-v3's 1x7 and 7x1 convs carry (height, width) padding through the benchmark cases.
+    specs = [s for s in layers.model_layers("inception_v3") if s.kind == "conv" and s.R != s.S]
+    assert specs and any(s.pads == (0, 3) for s in specs) and any(s.pads == (3, 0) for s in specs)
+    assert all((s.P, s.Q) == (s.H, s.W) for s in specs)  # "same" padding on a 17x17 map
+    spec = next(s for s in specs if s.pads == (0, 3))
+    small = layers.LayerSpec("conv", 8, spec.H, spec.W, 8, spec.R, spec.S, spec.stride, spec.padding)
+    for pss in cases.CONV_PASSES:
+        case = cases.make_case(small, pss, "direct", 1, torch.float32, "nchw", torch.device("cpu"))
+        assert cases.max_rel_error(case.fastconv(), case.torch()) < 1e-5
+    assert layers.model_layers("alexnet")[-1].label() == "adaptive_avgpool 256 @6->6"
+
+
+# ---- plots, as matplotlib objects --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plt():
+    return pytest.importorskip("matplotlib.pyplot") and plots._pyplot()
+
+
+def _inside(inner, outer):
+    return (inner.x0 >= outer.x0 - 0.5 and inner.y0 >= outer.y0 - 0.5 and inner.x1 <= outer.x1 + 0.5
+            and inner.y1 <= outer.y1 + 0.5)
+
+
+def _texts(fig):
+    return [t for t in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_fontsize"))
+            if t.get_text().strip() and t.get_visible()]
+
+
+def test_roofline_labels_points_explains_roofs_legend_inside(plt):
+    run = results.load(SAMPLE)
+    fig = plots.roofline_figure(plt, [run], ["sample"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    leg = ax.get_legend()
+    assert leg is not None and _inside(leg.get_window_extent(), ax.get_window_extent())
+    entries = [t.get_text() for t in leg.get_texts()]
+    assert {"fastconv", "torch", "fprop", "dgrad", "wgrad", "bprop"} <= set(entries)
+    roofs = run["roofs"]
+    assert f"roof (measured): {roofs['peak_tflops']:.3g} TFLOP/s, {roofs['peak_gbps']:.4g} GB/s" in entries
+    # every layer of the run is labelled at one of its points, and no two labels overlap
+    anns = [c for c in ax.get_children() if type(c).__name__ == "Annotation"]
+    names = {a.get_text() for a in anns}
+    assert {r["layer"] for r in run["records"] if r.get("kind") == "layer"} <= names
+    assert f"{roofs['peak_tflops']:.3g} TFLOP/s" in names and f"{roofs['peak_gbps']:.4g} GB/s" in names
+    boxes = [a.get_window_extent() for a in anns]
+    assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    # the caption says where each roof comes from
+    cap = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "ridge" in cap and roofs["source"] in cap and "min(compute peak, bandwidth x intensity)" in cap
+    plt.close(fig)
+
+
+def test_roofline_with_a_datasheet_roof_draws_and_names_the_measured_one(plt):
+    run = results.load(SAMPLE)
+    run["roofs"] = {"peak_tflops": 67.0, "peak_gbps": 4800.0, "source": "NVIDIA H200 SXM datasheet (dense), fp32",
+                    "measured": {"tflops": 50.0, "gbps": 4000.0, "source": "measured: torch.mm 4096x4096 float32"}}
+    fig = plots.roofline_figure(plt, [run], ["gpu"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    entries = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "roof (datasheet): 67 TFLOP/s, 4800 GB/s" in entries and "roof (measured): 50 TFLOP/s, 4000 GB/s" in entries
+    assert _inside(ax.get_legend().get_window_extent(), ax.get_window_extent())
+    cap = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "NVIDIA H200 SXM datasheet" in cap and "Dotted roof: measured on this device" in cap
+    plt.close(fig)
+
+
+def _model_run(batches):
+    recs = []
+    for b in batches:
+        for algo, impl, sec in (("eager", "torch", 0.02), ("converted", "fastconv", 0.03)):
+            recs.append({"kind": "model", "model": "resnet18", "layer": "resnet18", "label": "resnet18 inference",
+                         "pass": "inference", "batch": b, "dtype": "fp32", "layout": "nchw", "device": "cpu",
+                         "group": f"g{b}", "impl": impl, "algo": algo, "variant": algo,
+                         "stats": {"median": sec * b, "iqr": 0.0}})
+    return {"records": recs, "env": {}, "settings": {}}
+
+
+def test_throughput_is_a_bar_chart_from_zero_for_one_batch(plt):
+    fig = plots.throughput_figure(plt, [_model_run([4])], ["x"])
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if type(p).__name__ == "Rectangle"]
+    assert len(bars) == 2 and [b.get_height() for b in bars] == pytest.approx([50.0, 1 / 0.03])
+    assert ax.get_ylim()[0] == 0
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert any("torch eager" in t for t in ticks) and any("fastconv" in t for t in ticks)
+    plt.close(fig)
+    fig = plots.throughput_figure(plt, [_model_run([1, 8, 32])], ["x"])  # several batches: lines, still from 0
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 2 and ax.get_ylim()[0] == 0
+    assert any("torch eager" in t.get_text() for t in ax.get_legend().get_texts())
+    plt.close(fig)
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return struct.unpack(">II", head[16:24])
+
+
+def test_comparison_plots_readable_at_their_size(plt, tmp_path):
+    sample = results.load(SAMPLE)
+    runs = [sample, json.loads(json.dumps(sample)), json.loads(json.dumps(sample))]
+    written, _ = plots.make_plots(runs, ["a", "b", "c"], str(tmp_path))
+    for fig_fn in (plots.speedup_figure, plots.roofline_figure):
+        fig = fig_fn(plt, runs, ["a", "b", "c"])
+        fig.canvas.draw()
+        assert min(t.get_fontsize() for t in _texts(fig)) >= plots.MIN_FONT
+        ax = fig.axes[0]
+        assert _inside(ax.get_legend().get_window_extent(), fig.bbox)
+        if fig_fn is plots.speedup_figure:  # one row per layer and pass: their labels never overlap
+            boxes = [t.get_window_extent() for t in ax.get_yticklabels() if t.get_text()]
+            assert len(boxes) == len(plots.best_speedups(sample))
+            assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+            assert all(_inside(b, fig.bbox) for b in boxes)  # long labels are not cut off
+        w, h = fig.get_size_inches()
+        assert _png_size(written[plots.TITLES[{plots.speedup_figure: plots.SPEEDUP,
+                                               plots.roofline_figure: plots.ROOFLINE}[fig_fn]]]) == \
+            (round(w * plots.DPI), round(h * plots.DPI))
+        plt.close(fig)

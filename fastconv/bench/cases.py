@@ -49,8 +49,8 @@ def _fmt(t: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def conv_problem(spec: LayerSpec, batch: int, dtype: torch.dtype, device: torch.device, layout: str):
-    return algorithms.ConvProblem(batch, spec.C, spec.H, spec.W, spec.K, spec.R, spec.S, (spec.stride,) * 2,
-                                  (spec.padding,) * 2, (1, 1), spec.groups, dtype, device.type, layout == "nhwc")
+    return algorithms.ConvProblem(batch, spec.C, spec.H, spec.W, spec.K, spec.R, spec.S, spec.strides,
+                                  spec.pads, (1, 1), spec.groups, dtype, device.type, layout == "nhwc")
 
 
 def fastconv_algos(spec: LayerSpec, batch: int, dtype: torch.dtype, device: torch.device, layout: str,
@@ -90,7 +90,7 @@ def make_case(spec: LayerSpec, pss: str, algo: str, batch: int, dtype: torch.dty
     xe, ye = N * C * H * W, N * Ko * P * Q
     if spec.kind == "conv":
         w = rnd(spec.K, C // spec.groups, spec.R, spec.S)
-        st, pd, dl = [spec.stride] * 2, [spec.padding] * 2, [1, 1]
+        st, pd, dl = list(spec.strides), list(spec.pads), [1, 1]
         flops = 2 * N * P * Q * spec.K * (C // spec.groups) * spec.R * spec.S
         we = w.numel()
         if pss == "fprop":
@@ -116,7 +116,7 @@ def make_case(spec: LayerSpec, pss: str, algo: str, batch: int, dtype: torch.dty
         # Compulsory traffic: each operand read once, the result written once.
         return Case(fc, tc, algo, flops, (xe + we + ye) * es)
 
-    k, s, p = [spec.R, spec.S], [spec.stride] * 2, [spec.padding] * 2
+    k, s, p = [spec.R, spec.S], list(spec.strides), list(spec.pads)
     if spec.kind == "maxpool":
         idx, skip = _try(lambda: ops.max_pool2d(x, k, s, p, [1, 1], spec.ceil_mode)[1])
         _, tidx = aten.max_pool2d_with_indices(x, k, s, p, [1, 1], spec.ceil_mode)

@@ -1,6 +1,6 @@
 """`python -m fastconv bench` and `python -m fastconv report`.
 
-    python -m fastconv bench [--model resnet50] [--batch 32] [--dtype fp16] [--layout nhwc]
+    python -m fastconv bench [--model resnet50 (any of fastconv.models)] [--batch 32] [--dtype fp16] [--layout nhwc]
                              [--mode inference|train|layers] [--device auto] [--quick] [--out DIR]
     python -m fastconv report RESULTS.json [more.json ...] -o DIR
 
@@ -21,7 +21,6 @@ from typing import List, Optional
 import torch
 
 from fastconv.bench import cases
-from fastconv.bench.layers import MODELS
 
 MODES = ("layers", "inference", "train")
 
@@ -64,7 +63,12 @@ def add_parsers(sub) -> None:
     b = sub.add_parser("bench", help="benchmark fastconv against torch; writes results.json, report.md, plots",
                        description="Benchmark fastconv's kernels against torch (cuDNN on the GPU, ATen/oneDNN on "
                                    "the CPU): every distinct layer of a model, or whole-model inference / training.")
-    b.add_argument("--model", default="resnet50", choices=MODELS, help="network (default resnet50)")
+    from fastconv.bench.runner import model_names
+
+    b.add_argument("--model", default="resnet50", choices=model_names(), metavar="MODEL",
+                   help="any model of fastconv.models (default resnet50): " + ", ".join(model_names()) +
+                        ". --mode layers: the papers' layer tables for ResNet-18/50/152 and GoogLeNet, the layers "
+                        "traced from the built network for the others")
     b.add_argument("--batch", type=_batches, default=None,
                    help="batch size, or a comma list (default: 32 on a GPU, 8 on the CPU; --quick: 8 / 1)")
     b.add_argument("--dtype", default="fp32", choices=sorted(cases.DTYPES), help="default fp32")
@@ -81,7 +85,9 @@ def add_parsers(sub) -> None:
                    help="allow TF32 for fp32 on the GPU (off by default so both sides compute in true fp32)")
     b.add_argument("--no-compile", action="store_true", help="model modes: skip the torch.compile variant")
     b.add_argument("--no-plots", action="store_true", help="write no PNGs")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--no-progress", action="store_true",
+                   help="no progress report (when stderr is not a terminal it is a line per quarter of the run, "
+                        "not a bar)")
     b.add_argument("--rounds", type=int, default=None, help="timed rounds per measurement (default 10; --quick 5)")
     b.add_argument("--max-time", type=float, default=None,
                    help="seconds per measurement at most (default 2; --quick 0.25), never fewer than 3 rounds")
@@ -181,11 +187,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for k in ("peak_tflops", "peak_gbps"):
                 roofs[k] = max(roofs[k], again[k])
             roofs["source"] += " (best of before and after the run)"
+        env["load_average_1m_end"] = envmod.load_average()
         run = {"schema": results.SCHEMA, "env": env, "roofs": roofs, "settings": s.as_dict(),
                "elapsed_s": time.perf_counter() - t0, "records": recs}
+        run["warnings"] = report.trust_warnings(run)
         table = report.text_table(report.COLUMNS, report.layer_rows(run)) if s.mode == "layers" else \
             report.text_table(report.MODEL_COLUMNS, report.model_rows(run))
         print(table, file=out)
+        print(f"times: median ms per launch, IQR = interquartile range of the timed rounds (up to {s.rounds}; ms); "
+              f"'{report.NOISY_MARK}' = noisy", file=out)
+        for w in run["warnings"]:
+            print(f"warning: {w}", file=out)
         print(f"roofs: {roofs['peak_tflops']:.3g} TFLOP/s, {roofs['peak_gbps']:.4g} GB/s ({roofs['source']})", file=out)
         results.save(os.path.join(args.out, "results.json"), run)
         written = report.write_report([run], args.out, make_plots=not args.no_plots)

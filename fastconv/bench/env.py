@@ -29,6 +29,32 @@ _PUBLISHED = [
 ]
 
 
+def load_average() -> Optional[float]:
+    """The 1-minute load average (runnable + uninterruptible tasks), None where the OS has none."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def load_warning(env: Dict[str, Any]) -> Optional[str]:
+    """A sentence when the load average says other work shared the CPU while this run timed: the
+    load seen by others (at the start; at the end less this run's own threads) plus this run's
+    threads (torch's intra-op threads on the CPU, one launching thread for a GPU) exceeds the CPU
+    count by more than half a core. None when the machine looked free enough, or nothing is known."""
+    cpus = env.get("cpu_count")
+    start, end = env.get("load_average_1m"), env.get("load_average_1m_end")
+    if not cpus or (start is None and end is None):
+        return None
+    ours = (env.get("cpu_threads") or 1) if env.get("device_type", "cpu") == "cpu" else 1
+    others = max(start or 0.0, (end or 0.0) - ours)
+    if others + ours <= cpus + 0.5:
+        return None
+    seen = f"load average {start:.2f} at the start" if start is not None else "load average"
+    if end is not None:
+        seen += f", {end:.2f} at the end" if start is not None else f" {end:.2f} at the end"
+    return (f"{seen} (1 min) on {cpus} CPUs, and this run used {ours} thread{'s' * (ours != 1)}: other work "
+            f"shared the CPU while timing, so times can be inflated (several-fold on a small machine) and vary "
+            f"between runs; rerun on an idle machine before trusting them")
+
+
 def git_commit(root: Optional[str] = None) -> Dict[str, Any]:
     root = root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out: Dict[str, Any] = {"commit": None, "dirty": None}
@@ -57,7 +83,8 @@ def environment(device: torch.device) -> Dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": load_average(),
         "fastconv": fastconv.__version__,
         **{f"git_{k}": v for k, v in git_commit().items()},
     }

@@ -16,21 +16,39 @@ Sources:
 
 Each table entry is one distinct layer shape with `count`, how many times the network uses it, and
 `names`, where.
+
+Every other model of fastconv.models (`python -m fastconv bench --model vgg16`, ...) has its table
+traced from the built network: one forward pass on the meta device (shapes only, no memory, no
+compute) with a hook on each Conv2d, BatchNorm2d and pooling layer (`traced_layers`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
-MODELS = ("resnet18", "resnet50", "resnet152", "googlenet")
-LAYER_MODELS = ("resnet50", "googlenet")  # the models whose layers `--mode layers` benchmarks
+MODELS = ("resnet18", "resnet50", "resnet152", "googlenet")  # the models with a table derived from the paper
+LAYER_MODELS = ("resnet50", "googlenet")  # the models whose layers the pytest-benchmark layer suite times by default
+# Input sizes (C, H, W) of the zoo's models that do not take 3x224x224.
+INPUT_SHAPES = {"lenet5": (1, 32, 32), "alexnet": (3, 227, 227), "inception_v3": (3, 299, 299)}
+
+Pair = Union[int, Tuple[int, int]]
+
+
+def input_shape(model: str) -> Tuple[int, int, int]:
+    """(C, H, W) of one input image of `model`."""
+    return INPUT_SHAPES.get(model, (3, 224, 224))
+
+
+def _pair(v: Pair) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @dataclass
 class LayerSpec:
     """One layer shape at batch 1. kind: conv | maxpool | avgpool | adaptive_avgpool | bn.
-    conv: C -> K channels, R x S kernel; pools: kernel R x S over C channels; bn: C channels."""
+    conv: C -> K channels, R x S kernel; pools: kernel R x S over C channels; bn: C channels.
+    stride and padding: one int, or (height, width) when they differ (Inception-v3's 1x7 convs)."""
 
     kind: str
     C: int
@@ -39,24 +57,32 @@ class LayerSpec:
     K: int = 0
     R: int = 1
     S: int = 1
-    stride: int = 1
-    padding: int = 0
+    stride: Pair = 1
+    padding: Pair = 0
     groups: int = 1
     ceil_mode: bool = False
     count: int = 1
     names: List[str] = field(default_factory=list)
 
     def key(self) -> Tuple:
-        return (self.kind, self.C, self.H, self.W, self.K, self.R, self.S, self.stride, self.padding, self.groups,
+        return (self.kind, self.C, self.H, self.W, self.K, self.R, self.S, self.strides, self.pads, self.groups,
                 self.ceil_mode)
 
     @property
+    def strides(self) -> Tuple[int, int]:
+        return _pair(self.stride)
+
+    @property
+    def pads(self) -> Tuple[int, int]:
+        return _pair(self.padding)
+
+    @property
     def P(self) -> int:
-        return _out(self.H, self.R, self.stride, self.padding, self.ceil_mode) if self.kind != "bn" else self.H
+        return _out(self.H, self.R, self.strides[0], self.pads[0], self.ceil_mode) if self.kind != "bn" else self.H
 
     @property
     def Q(self) -> int:
-        return _out(self.W, self.S, self.stride, self.padding, self.ceil_mode) if self.kind != "bn" else self.W
+        return _out(self.W, self.S, self.strides[1], self.pads[1], self.ceil_mode) if self.kind != "bn" else self.W
 
     @property
     def out_channels(self) -> int:
@@ -64,14 +90,17 @@ class LayerSpec:
 
     def label(self) -> str:
         """A short shape label, e.g. 'conv 3x3/2 128->128 @56' or 'maxpool 3x3/2 64 @112'."""
+        sh, sw = self.strides
+        stride = str(sh) if sh == sw else f"{sh}x{sw}"
+        at = f"@{self.H}" if self.H == self.W else f"@{self.H}x{self.W}"
         if self.kind == "conv":
-            s = f"conv {self.R}x{self.S}" + (f"/{self.stride}" if self.stride != 1 else "")
-            return f"{s} {self.C}->{self.K} @{self.H}" + (f" g{self.groups}" if self.groups != 1 else "")
+            s = f"conv {self.R}x{self.S}" + (f"/{stride}" if stride != "1" else "")
+            return f"{s} {self.C}->{self.K} {at}" + (f" g{self.groups}" if self.groups != 1 else "")
         if self.kind == "bn":
-            return f"bn {self.C} @{self.H}"
+            return f"bn {self.C} {at}"
         if self.kind == "adaptive_avgpool":
-            return f"adaptive_avgpool {self.C} @{self.H}->1"
-        return f"{self.kind} {self.R}x{self.S}/{self.stride} {self.C} @{self.H}"
+            return f"adaptive_avgpool {self.C} {at}->{self.P}"
+        return f"{self.kind} {self.R}x{self.S}/{stride} {self.C} {at}"
 
     def as_dict(self) -> Dict:
         return {"kind": self.kind, "C": self.C, "H": self.H, "W": self.W, "K": self.K, "R": self.R, "S": self.S,
@@ -179,7 +208,8 @@ def _googlenet() -> List[LayerSpec]:
 
 
 def model_layers(model: str) -> List[LayerSpec]:
-    """Distinct layers of `model` (one of MODELS) at 224x224, batch 1, in network order."""
+    """Distinct layers of `model`, batch 1, in network order: the paper tables for MODELS (at 224x224),
+    traced from fastconv.models' network (at `input_shape(model)`) for every other model of the zoo."""
     if model == "resnet50":
         return _resnet((3, 4, 6, 3), bottleneck=True)
     if model == "resnet152":
@@ -188,7 +218,88 @@ def model_layers(model: str) -> List[LayerSpec]:
         return _resnet((2, 2, 2, 2), bottleneck=False)
     if model == "googlenet":
         return _googlenet()
-    raise ValueError(f"unknown model '{model}'; choose one of {', '.join(MODELS)}")
+    try:
+        from fastconv.models import get_model, list_models
+    except ImportError:
+        raise ValueError(f"unknown model '{model}'; choose one of {', '.join(MODELS)}") from None
+    if model not in list_models():
+        raise ValueError(f"unknown model '{model}'; choose one of {', '.join(sorted(set(MODELS) | set(list_models())))}")
+    import torch
+
+    with torch.device("meta"):  # shapes only: no parameter memory, no initialisation cost
+        net = get_model(model)
+    return traced_layers(net, input_shape(model))
+
+
+def _traced_spec(m, x, y) -> "LayerSpec | None":
+    """The LayerSpec of one call of layer `m` (input x, output y), or None when the benchmark cases
+    cannot express it (dilation, 'same' padding, non-zero padding modes, avg-pool options other than
+    count_include_pad=True, adaptive pools onto a size that does not divide the input)."""
+    from torch import nn
+
+    _, C, H, W = x.shape
+    P, Q = y.shape[-2:]
+    if isinstance(m, nn.Conv2d):
+        if m.dilation != (1, 1) or isinstance(m.padding, str) or m.padding_mode != "zeros":
+            return None
+        spec = LayerSpec("conv", C, H, W, m.out_channels, *m.kernel_size, stride=_flat(m.stride),
+                         padding=_flat(m.padding), groups=m.groups)
+    elif isinstance(m, nn.BatchNorm2d):
+        spec = LayerSpec("bn", C, H, W)
+    elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != (1, 1):
+            return None
+        if isinstance(m, nn.AvgPool2d) and (not m.count_include_pad or m.divisor_override is not None):
+            return None
+        R, S = _pair(m.kernel_size)
+        spec = LayerSpec("maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool", C, H, W, R=R, S=S,
+                         stride=_flat(_pair(m.stride or m.kernel_size)), padding=_flat(_pair(m.padding)),
+                         ceil_mode=m.ceil_mode)
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        if (P, Q) == (1, 1):  # the paper tables' convention: one window over the whole map
+            spec = LayerSpec("adaptive_avgpool", C, H, W, R=H, S=W)
+        elif H % P == 0 and W % Q == 0:
+            spec = LayerSpec("adaptive_avgpool", C, H, W, R=H // P, S=W // Q, stride=_flat((H // P, W // Q)))
+        else:
+            return None
+    else:
+        return None
+    return spec if (spec.P, spec.Q) == (P, Q) else None
+
+
+def _flat(v) -> Pair:
+    h, w = _pair(v)
+    return h if h == w else (h, w)
+
+
+def traced_layers(model, input_shape: Tuple[int, int, int]) -> List[LayerSpec]:
+    """Distinct conv / pool / BN layers of a built network (torch.nn or fastconv layers), in call
+    order, from one eval-mode forward pass at batch 1 on the meta device; layers the benchmark cases
+    cannot express (see _traced_spec) are left out."""
+    import torch
+    from torch import nn
+
+    import fastconv
+
+    net = fastconv.revert(model).to("meta").eval()  # a copy: the caller's model is untouched
+    t = _Table()
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+    def hook(name):
+        def record(m, args, out):
+            spec = _traced_spec(m, args[0], out[0] if isinstance(out, tuple) else out)
+            if spec is not None:
+                t.add(name, spec)
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in net.named_modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            net(torch.empty(1, *input_shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return list(t.layers.values())
 
 
 # --quick: a few representative ResNet-50 layers that run in seconds on a 2-core CPU.

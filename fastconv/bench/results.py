@@ -4,7 +4,8 @@ Schema "fastconv-bench/1" (one JSON object):
 
     schema     "fastconv-bench/1"
     env        the environment block (fastconv.bench.env.environment): date, device, sm_count,
-               torch/CUDA/cuDNN/driver versions, TF32 state, git commit, fastconv build info
+               torch/CUDA/cuDNN/driver versions, TF32 state, git commit, fastconv build info,
+               cpu_count, load_average_1m (at the start) and load_average_1m_end
     roofs      {"peak_tflops", "peak_gbps", "source", "measured": {"tflops", "gbps", "source"}}
     settings   the run's settings (mode, model, batches, dtype, layout, device, quick, algos, passes, ...)
     elapsed_s  wall time of the whole run
@@ -16,13 +17,16 @@ Schema "fastconv-bench/1" (one JSON object):
         group      the comparison group: fastconv and torch records of one (layer, pass, batch,
                    dtype, layout) share it
         impl       "fastconv" | "torch";  algo: the fastconv algorithm, torch's backend or the model variant
+                   (VARIANTS: eager = torch eager, converted, converted+fused, torch.compile)
         flops, bytes   the useful FLOPs and compulsory bytes of one launch
-        stats      seconds per launch: median, q1, q3, iqr, min, max, mean, stddev, rounds, inner
-                   (launches per round), timer
+        stats      seconds per launch: median, q1, q3, iqr (q3 - q1), min, max, mean, stddev, rounds,
+                   inner (launches per round), timer
         tflops, gbps   flops / median, bytes / median
         max_rel_err    fastconv only: max |ours - torch| / max |torch| on the same inputs
         images_per_s   models only
         skipped        instead of stats: why this could not run
+    warnings   sentences saying why some numbers are not trustworthy: noisy times (IQR / median above
+               fastconv.bench.timing.NOISY_IQR), a busy machine (load average vs CPU count)
 
 pytest-benchmark JSON (from `pytest benchmarks --benchmark --benchmark-json=FILE`) loads into the same
 shape: each benchmark's extra_info carries the record fields, its stats (seconds per round) are
@@ -36,6 +40,17 @@ import os
 from typing import Any, Dict, List
 
 SCHEMA = "fastconv-bench/1"
+
+# Whole-model variants (a model record's algo), in timing order; eager is the torch baseline.
+VARIANTS = ("eager", "converted", "converted+fused", "torch.compile")
+VARIANT_IMPL = {"eager": "torch", "converted": "fastconv", "converted+fused": "fastconv", "torch.compile": "torch"}
+# What tables and plots call them ("eager" alone would not say whose).
+VARIANT_NAMES = {"eager": "torch eager", "converted": "fastconv", "converted+fused": "fastconv + BN folded",
+                 "torch.compile": "torch.compile"}
+
+
+def variant_name(algo: str) -> str:
+    return VARIANT_NAMES.get(algo, algo)
 
 
 class ResultsError(ValueError):
@@ -85,7 +100,12 @@ def from_pytest_benchmark(data: Dict[str, Any], source: str) -> Dict[str, Any]:
     env.setdefault("host", machine.get("node"))
     env.setdefault("cpu", (machine.get("cpu") or {}).get("brand_raw"))
     env["pytest_benchmark"] = data.get("version")
-    return {"schema": SCHEMA, "env": env, "roofs": None, "settings": {"source": "pytest-benchmark"},
+    devices = sorted({str(r["device"]) for r in records if r.get("device")})
+    env.setdefault("device_type", ",".join(devices) or None)
+    kinds = sorted({"layers" if r.get("kind") == "layer" else "models" for r in records})
+    label = os.path.splitext(os.path.basename(source))[0]
+    return {"schema": SCHEMA, "env": env, "roofs": None,
+            "settings": {"source": "pytest-benchmark", "label": label, "suites": ",".join(kinds)},
             "records": records}
 
 

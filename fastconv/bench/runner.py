@@ -5,13 +5,15 @@ eager vs torch.compile). Each produces records in the results schema (fastconv.b
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 import torch
 
 from fastconv.bench import cases
-from fastconv.bench.layers import LayerSpec, model_layers, quick_layers
+from fastconv.bench.layers import MODELS, LayerSpec, input_shape, model_layers, quick_layers
+from fastconv.bench.results import VARIANT_IMPL, VARIANT_NAMES, VARIANTS  # noqa: F401  (VARIANT_NAMES: re-exported)
 from fastconv.bench.timing import measure
 
 
@@ -46,30 +48,74 @@ class Settings:
                 "max_total_s_per_measurement": self.max_total_s}
 
 
-def _progress(total: int, desc: str, enabled: bool = True):
-    """tqdm on stderr when available (and asked for), else a minimal counter."""
+class _Quiet:
+    def update(self, k: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Lines:
+    """Progress for a stream that is not a terminal (a log file, a pipe, CI): no carriage returns, one
+    plain line each time another quarter of the jobs is done."""
+
+    STEPS = 4
+
+    def __init__(self, total: int, desc: str, stream: TextIO) -> None:
+        self.total, self.desc, self.stream = total, desc, stream
+        self.n, self.shown, self.what, self.t0 = 0, 0, "", time.perf_counter()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        step = self.n * self.STEPS // max(1, self.total)
+        if step > self.shown:
+            self.shown = step
+            print(f"{self.desc}: {self.n}/{self.total} done ({time.perf_counter() - self.t0:.1f} s; last: {self.what})",
+                  file=self.stream, flush=True)
+
+    def set_postfix_str(self, s: str) -> None:
+        self.what = s
+
+    def close(self) -> None:
+        pass
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _progress(total: int, desc: str, enabled: bool = True, stream: Optional[TextIO] = None):
+    """A progress bar on stderr (tqdm when installed) when it is a terminal; when it is not (redirected
+    to a log), a line per quarter of the jobs instead of a redrawn bar; nothing when not enabled."""
+    stream = stream if stream is not None else sys.stderr
+    if not enabled:
+        return _Quiet()
+    if not _isatty(stream):
+        return _Lines(total, desc, stream)
     try:
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, file=stream, leave=False, dynamic_ncols=True)
     except ImportError:
-        class _Plain:
+        class _Counter(_Quiet):
             def __init__(self) -> None:
                 self.n = 0
 
             def update(self, k: int = 1) -> None:
                 self.n += k
-                if enabled:
-                    print(f"\r{desc}: {self.n}/{total}", end="", file=sys.stderr, flush=True)
-
-            def set_postfix_str(self, s: str) -> None:
-                pass
+                print(f"\r{desc}: {self.n}/{total}", end="", file=stream, flush=True)
 
             def close(self) -> None:
-                if enabled:
-                    print(file=sys.stderr)
+                print(file=stream)
 
-        return _Plain()
+        return _Counter()
 
 
 def _sync(device: torch.device) -> None:
@@ -143,6 +189,15 @@ def run_layers(s: Settings, progress: bool = True, log: Callable[[str], None] = 
 
 
 # ---- whole models ----------------------------------------------------------------------------------
+def model_names() -> List[str]:
+    """Every model `--model` accepts: fastconv.models' zoo, and the paper tables of fastconv.bench.layers."""
+    try:
+        from fastconv.models import list_models
+    except ImportError:
+        return list(MODELS)
+    return sorted(set(list_models()) | set(MODELS))
+
+
 def get_model(name: str) -> torch.nn.Module:
     try:
         from fastconv.models import get_model as _get
@@ -155,33 +210,50 @@ def get_model(name: str) -> torch.nn.Module:
         raise BenchError(f"fastconv.models.get_model('{name}') failed: {e}") from None
 
 
-def _fused(model: torch.nn.Module, train: bool) -> Optional[torch.nn.Module]:
-    """fastconv's converted model with each BN folded into its conv (inference only: folding
-    freezes the BN statistics)."""
+def fastconv_layers(model: torch.nn.Module) -> List[str]:
+    """Names of the submodules of `model` that are fastconv layers (fastconv.modules classes)."""
+    from fastconv import modules as fm
+
+    return [name for name, m in model.named_modules() if type(m).__module__ == fm.__name__]
+
+
+def build_variant(model: torch.nn.Module, variant: str, train: bool) -> Optional[torch.nn.Module]:
+    """`model` (fastconv.models builds fastconv layers; a torch.nn network works too) as benchmark
+    variant `variant`, a new module on the same device and dtype; None when the variant does not apply:
+    converted+fused in training (folding BN into the conv freezes its statistics).
+
+        eager            the network reverted to torch.nn: the torch baseline, no fastconv layer in it
+        converted        fastconv.convert() of that baseline
+        converted+fused  converted, then fastconv.fuse_for_inference (every BN after a conv folded)
+        torch.compile    torch.compile() of the baseline
+    """
     import fastconv
 
-    if train:
-        return None
-    return fastconv.fuse_for_inference(fastconv.convert(model).eval())
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
+    baseline = fastconv.revert(model)
+    if variant == "eager":
+        return baseline
+    if variant == "converted":
+        return fastconv.convert(baseline)
+    if variant == "converted+fused":
+        return None if train else fastconv.fuse_for_inference(fastconv.convert(baseline).eval())
+    return torch.compile(baseline)
 
 
-def _variants(model: torch.nn.Module, s: Settings) -> Iterable[tuple]:
-    import copy
-
-    import fastconv
-
-    # fastconv.models builds fastconv layers: the torch baseline is the same network reverted to torch.nn.
-    model = fastconv.revert(model)
-    yield "torch", "eager", model
-    yield "fastconv", "converted", fastconv.convert(model)
-    fused = _fused(model, s.mode == "train")
-    if fused is not None:
-        yield "fastconv", "converted+fused", fused
-    if s.compile and not s.quick:
+def _variants(model: torch.nn.Module, s: Settings) -> List[tuple]:
+    """(impl, variant, module or the exception that building it raised) for the variants this run times."""
+    out = []
+    for variant in VARIANTS:
+        if variant == "torch.compile" and (not s.compile or s.quick):
+            continue
         try:
-            yield "torch", "torch.compile", torch.compile(copy.deepcopy(model))
+            built = build_variant(model, variant, s.mode == "train")
         except Exception as e:  # noqa: BLE001  (reported as skipped)
-            yield "torch", "torch.compile", e
+            built = e
+        if built is not None:
+            out.append((VARIANT_IMPL[variant], variant, built))
+    return out
 
 
 def run_models(s: Settings, progress: bool = True, log: Callable[[str], None] = lambda m: None) -> List[Dict[str, Any]]:
@@ -191,15 +263,15 @@ def run_models(s: Settings, progress: bool = True, log: Callable[[str], None] = 
     base_model = get_model(s.model).to(device=s.device, dtype=dtype)
     if s.layout == "nhwc":
         base_model = base_model.to(memory_format=torch.channels_last)
-    variants = list(_variants(base_model, s))
+    variants = _variants(base_model, s)
+    del base_model
     bar = _progress(len(variants) * len(s.batches), f"{s.mode} {s.model}", progress)
     records: List[Dict[str, Any]] = []
     for batch in s.batches:
-        x = torch.randn(batch, 3, 224, 224, device=s.device, dtype=dtype)
+        x = torch.randn(batch, *input_shape(s.model), device=s.device, dtype=dtype)
         if s.layout == "nhwc":
             x = x.contiguous(memory_format=torch.channels_last)
-        labels = torch.randint(0, 1000, (batch,), device=s.device)
-        ref_out = None
+        ref_out, labels = None, None
         for impl, variant, model in variants:
             bar.set_postfix_str(f"b{batch} {variant}")
             base = {"kind": "model", "model": s.model, "layer": s.model, "label": f"{s.model} {s.mode}",
@@ -209,34 +281,31 @@ def run_models(s: Settings, progress: bool = True, log: Callable[[str], None] = 
                 records.append(_record(base, impl, variant, None, 0, 0, skipped=f"{type(model).__name__}: {model}"))
                 bar.update(1)
                 continue
-            if train:
-                model.train()
-                opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-                state = copy_state(model)
-
-                def step(model=model, opt=opt, x=x, labels=labels):
-                    opt.zero_grad(set_to_none=True)
-                    out = model(x)
-                    out = out[0] if isinstance(out, tuple) else out
-                    torch.nn.functional.cross_entropy(out.float(), labels).backward()
-                    opt.step()
-                fn: Callable[[], object] = step
-            else:
-                model.eval()
-
-                def fn(model=model, x=x):
-                    with torch.no_grad():
-                        return model(x)
             try:
                 model.eval()
                 with torch.no_grad():
                     out = model(x)
                 out = out[0] if isinstance(out, tuple) else out
-                if ref_out is None:  # torch eager runs first: the reference
+                if variant == "eager":  # torch eager runs first: the reference
                     ref_out = out
-                err = cases.max_rel_error(out, ref_out)
+                if labels is None:
+                    labels = torch.randint(0, out.shape[-1], (batch,), device=s.device)
+                err = cases.max_rel_error(out, ref_out) if ref_out is not None else None
                 if train:
                     model.train()
+                    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+                    state = copy_state(model)
+
+                    def fn(model=model, opt=opt, x=x, labels=labels):
+                        opt.zero_grad(set_to_none=True)
+                        y = model(x)
+                        y = y[0] if isinstance(y, tuple) else y
+                        torch.nn.functional.cross_entropy(y.float(), labels).backward()
+                        opt.step()
+                else:
+                    def fn(model=model, x=x):
+                        with torch.no_grad():
+                            return model(x)
                 st = measure(fn, s.device, warmup=s.warmup, rounds=s.rounds, max_total_s=s.max_total_s)
                 if train:
                     model.load_state_dict(state)

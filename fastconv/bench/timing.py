@@ -4,6 +4,9 @@ CUDA: each round is bracketed by CUDA events on the current stream (the GPU's ow
 overhead between launches); CPU: time.perf_counter around each round. The number of launches per
 round is calibrated so that one round lasts at least `min_round_s` (timer resolution and launch
 jitter then stay small next to the measurement).
+
+A measurement is *noisy* when its rounds disagree: IQR / median above NOISY_IQR. Reports mark such
+times and say how many there were; a noisy time is not a property of the kernel.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
+
+# IQR / median above this: the rounds of one measurement disagree too much to trust its median.
+NOISY_IQR = 0.2
 
 
 @dataclass
@@ -39,6 +45,21 @@ class Stats:
         d = asdict(self)
         d["iqr"] = self.iqr
         return d
+
+
+def relative_iqr(stats: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """IQR / median of a stats dict (Stats.as_dict() or a results record's "stats"), None without one."""
+    if not stats or not stats.get("median"):
+        return None
+    iqr = stats.get("iqr")
+    if iqr is None and stats.get("q1") is not None and stats.get("q3") is not None:
+        iqr = stats["q3"] - stats["q1"]
+    return None if iqr is None else iqr / stats["median"]
+
+
+def is_noisy(stats: Optional[Mapping[str, Any]], threshold: float = NOISY_IQR) -> bool:
+    r = relative_iqr(stats)
+    return r is not None and r > threshold
 
 
 def _quartiles(xs: List[float]):
