@@ -9,6 +9,12 @@ select(problem, input, weight, bias) decides, in this order:
      is checked against a reference (torch's conv on the CPU, fastconv's direct kernel on CUDA) and,
      if it matches, timed (warm-up, then the median of fastconv.backends.tune_iters runs; CUDA events
      after a synchronisation). The fastest correct one becomes the plan, in memory and on disk.
+     The reference never needs more memory than the op: for an input torch would have to copy
+     (expanded, sliced, permuted) torch checks only the first images, as many as fit in the size of
+     the op's output (none: fastconv's direct kernel is the reference). A candidate that fails at
+     any run is excluded; if tuning itself fails (the reference raises, runs out of memory, ...),
+     the call warns and uses the heuristic, and that key is not tuned again in this process
+     (plans.clear() or autotune(retune=True) retries it).
   3. the device's heuristic (fastconv.algorithms.heuristic_rules).
 Tuning never happens while torch.compile, torch.jit or make_fx trace, on FakeTensor/meta tensors,
 under a TorchDispatchMode or functorch transform, or while the current CUDA stream is being captured
@@ -117,15 +123,38 @@ def _runner(algo: str, problem: ConvProblem) -> Callable[..., torch.Tensor]:
     return lambda x, w, b, st, pad, dil, g: ops.conv2d(x, w, b, list(st), list(pad), list(dil), g, algo)
 
 
+def _dense(x: torch.Tensor) -> bool:
+    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _reference_images(problem: ConvProblem, x: torch.Tensor) -> int:
+    """How many leading images of the batch torch's conv may check. torch copies an input it cannot
+    read in place (expanded, sliced, permuted: 2^32 elements for an expand() of one image), which the
+    op itself never does (its kernels read through the strides). So: all of them when x is contiguous
+    (no copy), else as many as a copy the size of the op's own output holds (possibly none)."""
+    if _dense(x):
+        return problem.N
+    per_image = max(1, x.numel() // max(1, x.shape[0]))
+    return min(problem.N, (problem.N * problem.K * problem.P * problem.Q) // per_image)
+
+
 def _reference(problem: ConvProblem, x, w, b) -> torch.Tensor:
+    """The reference output for the first n <= N images of the batch. It never materialises more
+    than the op itself: the inputs are used as given (no copies here), torch's conv only sees as many
+    images as _reference_images allows, and fastconv's direct kernel is a candidate like the others
+    (the CPU kernels read x through its strides; the CUDA binding makes the same dense copy for all)."""
     args = (problem.stride, problem.padding, problem.dilation, problem.groups)
-    if problem.device_type == "cpu":
-        return F.conv2d(x, w, b, *args)
-    # On CUDA: fastconv's direct kernel (torch's conv may use TF32 and is not what we verify against).
+    n = _reference_images(problem, x)
+    if problem.device_type == "cpu" and n > 0:
+        return F.conv2d(x[:n], w, b, *args)
+    # On CUDA (and on the CPU when not one image may be copied): fastconv's direct kernel (on CUDA,
+    # torch's conv may use TF32 and is not what we verify against).
     try:
         return ops.conv2d(x, w, b, *[list(a) for a in args[:3]], args[3], "direct")
     except (RuntimeError, NotImplementedError, ValueError, TypeError):
-        return F.conv2d(x, w, b, *args)
+        if n == 0 or problem.device_type == "cpu":
+            raise
+        return F.conv2d(x[:n], w, b, *args)
 
 
 def _mismatch(y: torch.Tensor, ref: torch.Tensor) -> Optional[str]:
@@ -142,6 +171,11 @@ def _mismatch(y: torch.Tensor, ref: torch.Tensor) -> Optional[str]:
         err = (y.double() - ref.double()).abs().nan_to_num(float("inf")).max().item()
         return f"does not match the reference: max |error| {err:.3g} > {tol * scale:.3g}"
     return None
+
+
+def _describe(e: BaseException) -> str:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {first[:300]}"
 
 
 def _sync(device_type: str) -> None:
@@ -162,6 +196,30 @@ def _once_ms(fn: Callable[[], Any], device_type: str) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _check_and_time(fn: Callable[[], torch.Tensor], dev: str, ref: torch.Tensor, n_images: int,
+                    best: Optional[float]) -> Tuple[Optional[str], float]:
+    """Runs fn once and checks its output (n_images images) against ref (its first ref.shape[0]):
+    (why it mismatches, 0.0), else (None, its median time in ms), or just that first run's time when
+    it is already far slower than best."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    y = fn()
+    _sync(dev)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    expected = [n_images] + list(ref.shape[1:])
+    why = (f"output shape {list(y.shape)} != reference {expected}" if list(y.shape) != expected
+           else _mismatch(y[:ref.shape[0]], ref))
+    del y
+    if why is not None:
+        return why, 0.0
+    if best is not None and first_ms > _PRUNE_FACTOR * best:
+        return None, round(first_ms, 4)
+    for _ in range(max(0, backends.tune_warmup - 1)):
+        fn()
+    samples = [_once_ms(fn, dev) for _ in range(backends.tune_iters)]
+    return None, round(statistics.median(samples), 4)
+
+
 def tune_problem(problem: ConvProblem, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
                  algos: Sequence[str]) -> Tuple[Optional[plans.Plan], Dict[str, str]]:
     """Checks and times each algorithm in `algos` on (x, w, b); returns the plan (None when none ran
@@ -175,30 +233,17 @@ def tune_problem(problem: ConvProblem, x: torch.Tensor, w: torch.Tensor, b: Opti
         for algo in algos:
             run = _runner(algo, problem)
             fn = lambda: run(x, w, b, *args)  # noqa: B023  (used inside this iteration only)
-            _sync(dev)
-            try:
-                t0 = time.perf_counter()
-                y = fn()
-                _sync(dev)
-                first_ms = (time.perf_counter() - t0) * 1e3
-            except Exception as e:  # a candidate that fails is excluded, never fatal
-                rejected[algo] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            try:  # a candidate that fails at any run (an exception, an OOM) is excluded, never fatal
+                why, ms = _check_and_time(fn, dev, ref, problem.N, min(times.values()) if times else None)
+            except Exception as e:
+                rejected[algo] = f"failed: {_describe(e)}"
                 continue
-            why = _mismatch(y, ref)
             if why is not None:
                 rejected[algo] = why
                 warnings.warn(f"fastconv autotune: excluding algo '{algo}' for {plans.problem_key(problem)}: {why}",
                               stacklevel=5)
                 continue
-            del y
-            best = min(times.values()) if times else None
-            if best is not None and first_ms > _PRUNE_FACTOR * best:
-                times[algo] = round(first_ms, 4)
-                continue
-            for _ in range(max(0, backends.tune_warmup - 1)):
-                fn()
-            samples = [_once_ms(fn, dev) for _ in range(backends.tune_iters)]
-            times[algo] = round(statistics.median(samples), 4)
+            times[algo] = ms
     if not times:
         return None, rejected
     algo = min(times, key=lambda a: times[a])
@@ -230,13 +275,13 @@ def select(problem: ConvProblem, input: Optional[torch.Tensor] = None, weight: O
     table = plans.table()
     choice = table.memo.get(memo_key) if memo_key is not None else None
     if choice is None:
+        generation = table.generation
         choice = _select(problem, input, weight, bias, tune)
-        # Reusable until the plan table, the registry or a setting changes: plan hits, and the
-        # heuristic when tuning is off (not when tuning was merely skipped, e.g. while tracing).
-        if memo_key is not None and (choice.source == "plan" or choice.tuning == _AUTOTUNE_OFF):
-            if len(table.memo) > 4096:
-                table.memo.clear()
-            table.memo[memo_key] = choice
+        # Reusable until the plan table, the registry or a setting changes: plan hits, the heuristic
+        # when tuning is off or failed for this key (not when it was merely skipped, e.g. while tracing).
+        if memo_key is not None and (choice.source == "plan" or choice.tuning == _AUTOTUNE_OFF or (
+                choice.key is not None and choice.tuning == table.failed(choice.device, choice.key))):
+            table.remember(memo_key, choice, generation)
     if _recorders and choice.key is not None:
         _recorders[-1][f"{choice.device} | {choice.key}"] = choice.algo
     return choice
@@ -305,16 +350,26 @@ def _select(problem: ConvProblem, input: Optional[torch.Tensor], weight: Optiona
         skipped = tracing_reason(problem, (input, weight, bias))
         if skipped is None and input.numel() == 0:
             skipped = "the input is empty"
+        if skipped is None and plan is None and tune is None:
+            skipped = table.failed(device, key)  # tried once in this process: not again per call
         if skipped is None and plan is None:
-            new_plan, _ = tune_problem(problem, input, weight, bias, _tuning_order(problem, ok, eligible))
-            if new_plan is not None:
-                table.put(device, key, new_plan)
-                if backends.cache:
-                    table.write_disk(device)
-                return Choice(new_plan.algo, "tuned", "fastest correct candidate", device, key, eligible, new_plan)
-            skipped = "every candidate failed or mismatched during tuning"
-            warnings.warn(f"fastconv autotune: no candidate ran correctly for {key}; using the heuristic",
-                          stacklevel=3)
+            try:
+                new_plan, _ = tune_problem(problem, input, weight, bias, _tuning_order(problem, ok, eligible))
+            except Exception as e:  # e.g. the reference ran out of memory: the call must still succeed
+                new_plan, skipped = None, f"tuning failed: {_describe(e)}"
+                warnings.warn(f"fastconv autotune: tuning failed for {key} ({_describe(e)}); using the heuristic",
+                              stacklevel=3)
+            else:
+                if new_plan is not None:
+                    table.put(device, key, new_plan)
+                    if backends.cache:
+                        table.store_disk(device, key, new_plan)
+                    return Choice(new_plan.algo, "tuned", "fastest correct candidate", device, key, eligible,
+                                  new_plan)
+                skipped = "every candidate failed or mismatched during tuning"
+                warnings.warn(f"fastconv autotune: no candidate ran correctly for {key}; using the heuristic",
+                              stacklevel=3)
+            table.mark_failed(device, key, skipped)
     algo, rule = algorithms.heuristic_choice(problem, eligible)
     return Choice(algo, "heuristic", rule, device, key, eligible, None, skipped)
 

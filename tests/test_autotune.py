@@ -169,9 +169,13 @@ def test_cache_round_trip(tuning, count_tuning):
     p = _problem(x, w)
     first = select(p, x, w, b)
     assert first.source == "tuned"
-    files = os.listdir(tuning)
-    assert files == [os.path.basename(plans.cache_file(plans.device_name(p)))]  # no temp files left
-    name = files[0]
+    device = plans.device_name(p)
+    # The plan is appended to the journal; compaction (past its size limit, at exit, or now) folds
+    # it into the JSON file.
+    assert os.listdir(tuning) == [os.path.basename(plans.journal_file(device))]
+    plans.compact_cache()
+    name = os.path.basename(plans.cache_file(device))
+    assert sorted(os.listdir(tuning)) == sorted([name, name + ".journal"])  # no temp files left
     v = plans.versions()
     assert f"fastconv-{v['fastconv']}" in name and f"torch-{v['torch']}" in name and f"cuda-{v['cuda']}" in name
     doc = json.loads((tuning / name).read_text())  # human-readable JSON
@@ -185,22 +189,25 @@ def test_cache_round_trip(tuning, count_tuning):
     # A second problem is added to the same file.
     x2, w2, b2 = _tensors(h=5, w=5)
     select(_problem(x2, w2), x2, w2, b2)
+    assert set(plans.read_cache_file(str(tuning / name), device)) == {plans.problem_key(p),
+                                                                      plans.problem_key(_problem(x2, w2))}
+    plans.compact_cache()
     doc = json.loads((tuning / name).read_text())
-    assert len(doc["devices"][plans.device_name(p)]) == 2
+    assert len(doc["devices"][device]) == 2
 
 
-@pytest.mark.parametrize("content", ["{not json", "[]", '{"format": "fastconv-plans", "format_version": 1, '
-                                     '"devices": {"x": {"k": 42}}}'])
+@pytest.mark.parametrize("content", ["{not json", "[]", "[" * 100000, '{"format": "fastconv-plans", "format_version": 1, '
+                                     '"devices": {"x": {"k": 42}}}'], ids=["invalid", "list", "nested", "not-a-plan"])
 def test_corrupt_cache_is_ignored_with_a_warning(tuning, count_tuning, content):
     x, w, b = _tensors()
     p = _problem(x, w)
     path = plans.cache_file(plans.device_name(p))
     with open(path, "w") as f:
         f.write(content)
-    with pytest.warns(UserWarning, match="plan cache"):
+    with pytest.warns(UserWarning, match="(corrupt|stale) plan cache"):
         choice = select(p, x, w, b)
     assert choice.source == "tuned" and len(count_tuning) == 1
-    with open(path) as f:
+    with open(path) as f:  # the next write replaced the corrupt file
         assert json.load(f)["devices"][plans.device_name(p)][plans.problem_key(p)]["algo"] == choice.algo
 
 
@@ -208,6 +215,7 @@ def test_stale_cache_is_ignored_with_a_warning(tuning, count_tuning):
     x, w, b = _tensors()
     p = _problem(x, w)
     select(p, x, w, b)
+    plans.compact_cache()
     path = plans.cache_file(plans.device_name(p))
     with open(path) as f:
         doc = json.load(f)
@@ -247,11 +255,13 @@ def test_settings_are_validated_and_flags_restore():
         with backends.flags(benchmark=True):
             pass
     before = backends.settings()
-    env_before = os.environ.get("FASTCONV_WORKSPACE_LIMIT_MB")
+    mods = fastconv._ext.binding_modules()
+    limits_before = [m.workspace_limit() for m in mods]
     with backends.flags(autotune=not before["autotune"], workspace_limit_mb=3):
         assert backends.autotune is not before["autotune"]
-        assert os.environ["FASTCONV_WORKSPACE_LIMIT_MB"] == "3"  # what the CUDA binding reads
-    assert backends.settings() == before and os.environ.get("FASTCONV_WORKSPACE_LIMIT_MB") == env_before
+        # The extension owns the limit the kernels obey: every binding module has it, in bytes.
+        assert [m.workspace_limit() for m in mods] == [3 << 20] * len(mods)
+    assert backends.settings() == before and [m.workspace_limit() for m in mods] == limits_before
 
 
 # ---- save / load ------------------------------------------------------------------------------------
