@@ -8,15 +8,14 @@
     fastconv.explain(layer, (8, 64, 56, 56))             # which algorithm "auto" runs, and why
     fastconv.backends.autotune = True                    # time the candidates per shape (cached on disk)
     fastconv.autotune(model, example_input); fastconv.plans.save("plans.json")
+    fastconv.onnx.export(model, (x,), "model.onnx")     # ONNX export (onnxscript + onnx; dynamo=False: legacy)
 """
-
-from __future__ import annotations
 
 from fastconv import _ext  # noqa: F401  (loads fastconv._C: registers torch.ops.fastconv.*)
 from fastconv import _meta  # noqa: F401  (fake kernels)
 from fastconv import autograd as _autograd  # noqa: F401
 from fastconv import _autocast  # noqa: F401  (autocast rules)
-from fastconv import backends, functional, fused, models, plans
+from fastconv import algorithms, backends, functional, fused, models, onnx, plans
 from fastconv.algorithms import available_algorithms
 from fastconv.autotune import autotune
 from fastconv.convert import convert, revert
@@ -29,6 +28,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional", "fused", "available_algorithms", "convert", "revert", "fuse_for_inference", "build_info",
-    "explain", "autotune", "plans", "backends", "models",
+    "explain", "autotune", "plans", "backends", "models", "algorithms", "onnx",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNormReLU2d",
 ]

@@ -4,10 +4,13 @@
     fastconv.explain(weight, input, stride=2, padding=1)        # tensors (or shapes)
     fastconv.explain(problem)                                   # a fastconv.algorithms.ConvProblem
     fastconv.explain(conv, x, tune=True)                        # time the candidates now
+    fastconv.explain(model, (1, 3, 224, 224))                   # every convolution of a model, as a table
 
 prints (unless verbose=False) and returns an Explanation: every registered algorithm with whether it
 can implement the problem (and why not), its determinism, workspace and tuned time if any, then the
-choice and where it came from (plan, tuning, or which heuristic rule).
+choice and where it came from (plan, tuning, or which heuristic rule). For a model, a
+ModelExplanation: one Explanation per convolution call, sized by a shapes-only forward (meta tensors).
+Only convolutions have an algorithm to choose; pooling and batch norm layers have one kernel each.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 
 from fastconv import _ext, algorithms, backends, plans
 from fastconv.algorithms import ConvProblem
@@ -72,6 +76,30 @@ class Explanation:
     __repr__ = __str__
 
 
+@dataclass
+class ModelExplanation:
+    """explain(model, input): one (layer name, Explanation) per distinct call of each Conv2d, in call order."""
+
+    layers: List[Tuple[str, Explanation]]
+
+    def __str__(self) -> str:
+        lines = [f"fastconv.explain: {len(self.layers)} convolutions",
+                 f"  {'layer':<28} {'input':<20} {'weight':<18} {'stride':<7} {'pad':<7} {'dil':<7} {'groups':<7} "
+                 f"{'choice':<14} reason"]
+        for name, ex in self.layers:
+            p = ex.problem
+            lines.append(f"  {name:<28} {str([p.N, p.C, p.H, p.W]):<20} {str([p.K, p.C // p.groups, p.R, p.S]):<18} "
+                         f"{_fmt_pair(p.stride):<7} {_fmt_pair(p.padding):<7} {_fmt_pair(p.dilation):<7} {p.groups:<7} "
+                         f"{ex.choice:<14} {ex.source}: {ex.reason}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _fmt_pair(t: Tuple[int, int]) -> str:
+    return f"{t[0]}x{t[1]}"
+
+
 def _fmt_bytes(n: int) -> str:
     if n == 0:
         return "0"
@@ -87,6 +115,15 @@ def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return (int(v), int(v))
 
 
+_ACCEPTS = ("fastconv.explain accepts a torch.nn.Conv2d (or fastconv.Conv2d) with its input, a weight tensor or "
+            "shape [K, C/groups, R, S] with the input, a fastconv.algorithms.ConvProblem, or a model (an nn.Module "
+            "containing Conv2d layers) with its input, e.g. explain(model, (1, 3, 224, 224)).")
+
+
+def _is_shape(v) -> bool:
+    return isinstance(v, (list, tuple, torch.Size)) and all(isinstance(d, int) and not isinstance(d, bool) for d in v)
+
+
 def _problem_from(conv, input, stride, padding, dilation, groups, dtype, device, channels_last
                   ) -> Tuple[ConvProblem, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], str]:
     """(problem, input tensor or None, weight tensor or None, bias or None, forced algo or "auto")."""
@@ -94,7 +131,7 @@ def _problem_from(conv, input, stride, padding, dilation, groups, dtype, device,
     bias = None
     if isinstance(conv, ConvProblem):
         return conv, None, None, None, algo
-    if isinstance(conv, torch.nn.Conv2d):
+    if isinstance(conv, nn.Conv2d):
         weight: Union[torch.Tensor, Shape] = conv.weight
         bias = conv.bias
         stride, dilation, groups = conv.stride, conv.dilation, conv.groups
@@ -107,10 +144,14 @@ def _problem_from(conv, input, stride, padding, dilation, groups, dtype, device,
                 ph, pw = _pair(padding) if not isinstance(padding, str) else (0, 0)
                 input = (*tuple(input)[:-2], int(input[-2]) + 2 * ph, int(input[-1]) + 2 * pw)
             padding = 0
-    else:
+    elif isinstance(conv, torch.Tensor) or _is_shape(conv):
         weight = conv
+    else:
+        raise TypeError(f"fastconv.explain: cannot explain a {type(conv).__name__}. {_ACCEPTS}")
     if input is None:
         raise TypeError("fastconv.explain: give the input (a tensor or its shape [N, C, H, W]) with a conv or weight")
+    if not (isinstance(input, torch.Tensor) or _is_shape(input)):
+        raise TypeError(f"fastconv.explain: input must be a tensor or its shape [N, C, H, W], got {type(input).__name__}")
     if isinstance(padding, str):
         if padding == "valid":
             padding = 0
@@ -128,6 +169,15 @@ def _problem_from(conv, input, stride, padding, dilation, groups, dtype, device,
     if len(xs) != 4 or len(ws) != 4:
         raise ValueError(f"fastconv.explain: expected an input [N, C, H, W] and a weight [K, C/groups, R, S], "
                          f"got {list(xs)} and {list(ws)}")
+    groups = int(groups)
+    if groups <= 0:
+        raise RuntimeError("fastconv.explain: non-positive groups is not supported")
+    if ws[0] % groups != 0:  # torch's checks and messages, in torch's order
+        raise RuntimeError(f"fastconv.explain: Given groups={groups}, expected weight to be divisible by {groups} at "
+                           f"dimension 0, but got weight of size [{list(ws)}] instead")
+    if xs[1] != ws[1] * groups:
+        raise RuntimeError(f"fastconv.explain: Given groups={groups}, weight of size {list(ws)}, expected input"
+                           f"{list(xs)} to have {ws[1] * groups} channels, but got {xs[1]} channels instead")
     if x is not None:
         dtype, dev = x.dtype, x.device
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -136,7 +186,7 @@ def _problem_from(conv, input, stride, padding, dilation, groups, dtype, device,
         dev = torch.device(device) if device is not None else (w.device if w is not None else torch.device("cpu"))
     dev_type, emulated = algorithms.problem_device(dev)
     problem = ConvProblem(xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], _pair(stride), _pair(padding),
-                          _pair(dilation), int(groups), dtype, dev_type, bool(channels_last),
+                          _pair(dilation), groups, dtype, dev_type, bool(channels_last),
                           None if emulated else dev.index, emulated)
     return problem, x, w, bias, algo
 
@@ -154,19 +204,95 @@ def _random_tensors(problem: ConvProblem, x, w):
     return x, w
 
 
+def _conv_calls(model: nn.Module, input, dtype: Optional[torch.dtype], channels_last: bool
+                ) -> List[Tuple[str, nn.Conv2d, Tuple[int, ...], bool]]:
+    """(name, the model's conv, its input shape, channels_last) per distinct conv call, from a forward of
+    a meta copy of `model` (no data, no arithmetic) in eval mode."""
+    from fastconv.convert import _TO_TORCH
+    from fastconv.models.profile import _meta_copy
+
+    net = _meta_copy(model).eval()
+    for m in net.modules():  # the copy's convs as torch's: a forced algo= must not fail the shape pass
+        if type(m) in _TO_TORCH and isinstance(m, nn.Conv2d):
+            m.__class__ = _TO_TORCH[type(m)]
+            m.__dict__.pop("algo", None)
+    originals = dict(model.named_modules())
+    calls: List[Tuple[str, nn.Conv2d, Tuple[int, ...], bool]] = []
+    seen = set()
+
+    def hook(name):
+        def record(module, args):
+            x = args[0]
+            cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            key = (name, tuple(x.shape), cl)
+            if key not in seen:
+                seen.add(key)
+                calls.append((name, originals[name], tuple(int(d) for d in x.shape), cl))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    if isinstance(input, torch.Tensor):
+        x = torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device="meta")
+    else:
+        if dtype is None:
+            p = next((t for t in model.parameters() if t.is_floating_point()), None)
+            dtype = p.dtype if p is not None else torch.float32
+        x = torch.empty(tuple(input), dtype=dtype, device="meta")
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            net(x)
+    except Exception as e:
+        raise RuntimeError(f"fastconv.explain: could not run {type(model).__name__} on meta tensors of size "
+                           f"{list(x.shape)} to size its convolutions ({type(e).__name__}: {e}); explain each "
+                           "convolution with its input instead: explain(model.layer, (N, C, H, W))") from e
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _explain_model(model: nn.Module, input, dtype, device, channels_last: bool, tune: bool) -> ModelExplanation:
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        what = type(model).__name__
+        raise TypeError(f"fastconv.explain: {what} has no algorithm to choose (it contains no Conv2d; pooling and "
+                        f"batch norm run one kernel each). {_ACCEPTS}")
+    if input is None:
+        raise TypeError(f"fastconv.explain: give the input of the {type(model).__name__} (a tensor or its shape, e.g. "
+                        "explain(model, (1, 3, 224, 224))) to size each of its convolutions")
+    if not (isinstance(input, torch.Tensor) or _is_shape(input)):
+        raise TypeError(f"fastconv.explain: input must be a tensor or its shape, got {type(input).__name__}")
+    layers = []
+    for name, conv, shape, cl in _conv_calls(model, input, dtype, channels_last):
+        layers.append((name, explain(conv, shape, dtype=dtype, device=device, channels_last=cl, tune=tune,
+                                     verbose=False)))
+    return ModelExplanation(layers)
+
+
 def explain(conv: Union[ConvProblem, torch.nn.Conv2d, torch.Tensor, Shape],
             input: Union[torch.Tensor, Shape, None] = None, *, stride: Union[int, Shape] = 1,
             padding: Union[int, Shape, str] = 0, dilation: Union[int, Shape] = 1, groups: int = 1,
             dtype: Optional[torch.dtype] = None, device: Union[str, torch.device, None] = None,
-            channels_last: bool = False, tune: bool = False, verbose: bool = True) -> Explanation:
-    """Explains the algorithm choice for one convolution.
+            channels_last: bool = False, tune: bool = False, verbose: bool = True
+            ) -> Union[Explanation, ModelExplanation]:
+    """Explains the algorithm choice for one convolution, or for every convolution of a model.
 
     conv: a ConvProblem, a torch.nn.Conv2d (or fastconv.Conv2d; its own stride/padding/dilation/
-    groups are used), or a weight Tensor[K, C/groups, R, S] or its shape. input: Tensor[N, C, H, W]
-    or its shape (not needed for a ConvProblem). Shapes default to float32 on the CPU (or the
-    weight's dtype/device); `dtype`, `device` and `channels_last` override that. tune=True times the
-    candidates now (on the given tensors, or random ones of the shape) and stores the plan, even
-    with fastconv.backends.autotune off. Prints the explanation unless verbose=False; returns it."""
+    groups are used), a weight Tensor[K, C/groups, R, S] or its shape, or a model (any nn.Module
+    containing Conv2d layers). input: Tensor[N, C, H, W] or its shape (not needed for a ConvProblem);
+    its channels must match the weight's (RuntimeError, as torch's conv2d). Shapes default to float32
+    on the CPU (or the weight's dtype/device); `dtype`, `device` and `channels_last` override that.
+    For a model, each convolution's input size comes from a forward of a meta copy of the model in
+    eval mode (no data; convolutions that run only in training, such as auxiliary heads, are not
+    seen) and a ModelExplanation table is returned. tune=True times the candidates now (on the given
+    tensors, or random ones of the shape) and stores the plan, even with fastconv.backends.autotune
+    off. Prints the explanation unless verbose=False; returns it."""
+    if isinstance(conv, nn.Module) and not isinstance(conv, nn.Conv2d):
+        ex = _explain_model(conv, input, dtype, device, channels_last, tune)
+        if verbose:
+            print(ex)
+        return ex
     problem, x, w, b, forced = _problem_from(conv, input, stride, padding, dilation, groups, dtype, device,
                                              channels_last)
     if tune:
@@ -196,4 +322,4 @@ def explain(conv: Union[ConvProblem, torch.nn.Conv2d, torch.Tensor, Shape],
     return ex
 
 
-__all__ = ["explain", "Explanation", "CandidateInfo"]
+__all__ = ["explain", "Explanation", "ModelExplanation", "CandidateInfo"]

@@ -18,9 +18,22 @@ def _fx_leaf(module: nn.Module, input: torch.fx.Proxy) -> torch.fx.Proxy:
     return tracer.create_proxy("call_module", tracer.path_of_module(module), (input,), {})
 
 
+def _refuse_script(self: nn.Module) -> nn.Module:
+    # torch.jit.script calls __prepare_scriptable__ on every submodule before compiling anything; without
+    # this it fails deep inside torch.fx's Proxy (fastconv's forward is Python: argument checks and
+    # the per-shape algorithm choice, which TorchScript cannot compile).
+    name = type(self).__name__
+    raise RuntimeError(
+        f"fastconv.{name} cannot be compiled by torch.jit.script: its forward picks the algorithm in Python. "
+        "Use torch.jit.trace(model, example_inputs) (records torch.ops.fastconv.* calls), torch.export.export "
+        "or torch.compile instead, or script fastconv.revert(model) (torch.nn layers, torch's kernels).")
+
+
 class Conv2d(nn.Conv2d):
     """torch.nn.Conv2d with fastconv kernels; every padding_mode; extra keyword `algo` ("auto" or
     an algorithm from fastconv.available_algorithms(device))."""
+
+    __prepare_scriptable__ = _refuse_script
 
     def __init__(self, *args, algo: str = "auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -46,6 +59,8 @@ class Conv2d(nn.Conv2d):
 class MaxPool2d(nn.MaxPool2d):
     """torch.nn.MaxPool2d with fastconv kernels."""
 
+    __prepare_scriptable__ = _refuse_script
+
     def forward(self, input: Tensor):
         if isinstance(input, torch.fx.Proxy):
             return _fx_leaf(self, input)
@@ -56,6 +71,8 @@ class MaxPool2d(nn.MaxPool2d):
 class AvgPool2d(nn.AvgPool2d):
     """torch.nn.AvgPool2d with fastconv kernels."""
 
+    __prepare_scriptable__ = _refuse_script
+
     def forward(self, input: Tensor) -> Tensor:
         if isinstance(input, torch.fx.Proxy):
             return _fx_leaf(self, input)
@@ -65,6 +82,8 @@ class AvgPool2d(nn.AvgPool2d):
 
 class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
     """torch.nn.AdaptiveAvgPool2d with fastconv kernels."""
+
+    __prepare_scriptable__ = _refuse_script
 
     def forward(self, input: Tensor) -> Tensor:
         if isinstance(input, torch.fx.Proxy):
@@ -98,12 +117,16 @@ class BatchNorm2d(nn.BatchNorm2d):
     """torch.nn.BatchNorm2d with fastconv kernels (training, eval, momentum=None's cumulative average,
     affine and track_running_stats on or off)."""
 
+    __prepare_scriptable__ = _refuse_script
+
     def forward(self, input: Tensor) -> Tensor:
         return _batch_norm_forward(self, input, relu=False)
 
 
 class BatchNormReLU2d(nn.BatchNorm2d):
     """relu(BatchNorm2d(x)) in one fused kernel; parameters and state_dict keys are BatchNorm2d's."""
+
+    __prepare_scriptable__ = _refuse_script
 
     def forward(self, input: Tensor) -> Tensor:
         return _batch_norm_forward(self, input, relu=True)

@@ -77,7 +77,9 @@ def profile(model: nn.Module, input_size: Union[Sequence[int], torch.Size], devi
 
     device="meta" (default) runs on shapes only, on a meta copy whose fastconv layers are reverted to
     torch.nn; any other device runs a real forward of `model` itself under torch.no_grad() (for models
-    whose forward needs data). The model's train/eval mode is used as it is."""
+    whose forward needs data). The forward runs in eval mode (so batch norm works on a batch of 1 and
+    training-only branches, such as Inception's auxiliary head, are not counted); the modes of
+    `model`'s layers are restored afterwards."""
     from fastconv.convert import revert
 
     size = tuple(int(s) for s in input_size)
@@ -103,11 +105,15 @@ def profile(model: nn.Module, input_size: Union[Sequence[int], torch.Size], devi
                                           tuple(inp.shape), tuple(out.shape), own, _macs(module, inp, out)))
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if next(m.children(), None) is None]
+    modes = [(m, m.training) for m in net.modules()]
     try:
+        net.eval()
         with torch.no_grad():
             net(torch.zeros(size, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
+        for m, training in modes:
+            m.training = training
     result.macs = sum(r.macs for r in result.layers)
     return result
