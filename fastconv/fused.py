@@ -6,7 +6,8 @@ Python entry point conv2d_bias_act.
 scale and bias are per output channel (a folded batch norm: scale = γ/√(σ²+ε), bias = β − μ·scale),
 residual is a tensor of the output's size (a ResNet shortcut). On CUDA, algo="implicit_gemm" applies
 the whole epilogue inside the tensor-core GEMM kernel; every other algorithm runs the convolution and
-then the epilogue as one more pass.
+then the epilogue as one more pass. Like the other ops it composes with torch.func (grad, jvp, vmap)
+and forward-mode AD through fastconv.autograd.call.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from torch import Tensor
 
 from fastconv import _meta  # noqa: F401  (registers the fake kernel, see fastconv/_meta_fused.py)
 from fastconv import algorithms
+from fastconv import autograd as _autograd
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from fastconv.functional import IntOr2, _check_tensor, _conv_prologue
 
 ops = torch.ops.fastconv
+call = _autograd.call
+
 
 def _setup(ctx, inputs, output):
     x, w, scale, bias, residual, stride, padding, dilation, groups, relu, algo = inputs
@@ -56,20 +60,69 @@ def _backward(ctx, g):
     g_bias = _channel_sum(g, ctx.bias_dtype) if need_bias else None
     g_scale = None
     if need_scale:
-        conv = ops.conv2d(x, w, None, stride, padding, dilation, groups, algo)
+        conv = call("conv2d", x, w, None, stride, padding, dilation, groups, algo)
         g_scale = _channel_sum(g * conv, ctx.scale_dtype)
     g_x = g_w = None
     if need_x or need_w:
         gc = g if scale is None else (g * scale.view(1, -1, 1, 1)).to(g.dtype)
         balgo = algorithms.backward_algo(algo, x.device.type)
         if need_x:
-            g_x = ops.conv2d_dgrad(gc, w, list(ctx.x_shape), stride, padding, dilation, groups, balgo)
+            g_x = call("conv2d_dgrad", gc, w, list(ctx.x_shape), stride, padding, dilation, groups, balgo)
         if need_w:
-            g_w = ops.conv2d_wgrad(gc, x, list(ctx.w_shape), stride, padding, dilation, groups, balgo)
+            g_w = call("conv2d_wgrad", gc, x, list(ctx.w_shape), stride, padding, dilation, groups, balgo)
     return g_x, g_w, g_scale, g_bias, g_res, None, None, None, None, None, None
 
 
+def _jvp_setup(ctx, inputs, output):
+    x, w, scale, bias, residual, stride, padding, dilation, groups, relu, algo = inputs
+    ctx.save_for_forward(x, w, scale, output)
+    ctx.fwd = (stride, padding, dilation, groups, algo)
+
+
+def _jvp(ctx, dx, dw, dscale, dbias, dres, *_):
+    # y = relu?(conv(x, w)·scale + bias + residual): conv is bilinear, the epilogue affine.
+    x, w, scale, out = ctx.saved_tensors
+    dconv = None
+    if dx is not None:
+        dconv = call("conv2d", dx, w, None, *ctx.fwd)
+    if dw is not None:
+        dconv = _autograd._add(dconv, call("conv2d", x, dw, None, *ctx.fwd))
+    if dconv is None:
+        t = torch.zeros_like(out)
+    else:
+        t = dconv if scale is None else dconv * scale.view(1, -1, 1, 1)
+    if dscale is not None:
+        t = t + call("conv2d", x, w, None, *ctx.fwd) * dscale.view(1, -1, 1, 1)
+    if dbias is not None:
+        t = t + dbias.view(1, -1, 1, 1)
+    if dres is not None:
+        t = t + dres
+    if ctx.relu:
+        t = torch.where(out > 0, t, torch.zeros_like(t))
+    return t.to(out.dtype)
+
+
+def _vmap(info, in_dims, x, w, scale, bias, residual, stride, padding, dilation, groups, relu, algo):
+    xd, wd, sd, bd, rd = in_dims[:5]
+    batch, cfg = info.batch_size, (stride, padding, dilation)
+    if wd is None and sd is None and bd is None:
+        # Shared weight and epilogue: the B batches are one batch of B·N images.
+        y = ops.conv2d_fused(_autograd._into_n(x, xd, batch), w, scale, bias, _autograd._into_n(residual, rd, batch),
+                             *cfg, groups, relu, algo)
+        return y.unflatten(0, (batch, -1)), 0
+    # A vmapped weight or epilogue: B convolutions side by side are one with B·groups groups.
+    xc, wn = _autograd._into_c(x, xd, batch), _autograd._into_n(w, wd, batch)
+    if not _autograd._groups_ok(algo, xc, (*xc.shape, wn.shape[0], *wn.shape[2:]), *cfg, batch * groups, 0):
+        return _autograd._each(batch, lambda *a: ops.conv2d_fused(*a, *cfg, groups, relu, algo),
+                               x, xd, w, wd, scale, sd, bias, bd, residual, rd)
+    y = ops.conv2d_fused(xc, wn, _autograd._per_channel(scale, sd, batch), _autograd._per_channel(bias, bd, batch),
+                         _autograd._into_c(residual, rd, batch), *cfg, batch * groups, relu, algo)
+    return y.unflatten(1, (batch, -1)), 1
+
+
 torch.library.register_autograd("fastconv::conv2d_fused", _backward, setup_context=_setup)
+_autograd.register_twin("conv2d_fused", _setup, _backward, _jvp_setup, _jvp)
+torch.library.register_vmap("fastconv::conv2d_fused", _vmap)
 
 
 def conv2d_bias_act(input: Tensor, weight: Tensor, scale: Optional[Tensor] = None, bias: Optional[Tensor] = None,
@@ -92,8 +145,8 @@ def conv2d_bias_act(input: Tensor, weight: Tensor, scale: Optional[Tensor] = Non
                                                                    groups, algo, op)
     if residual is not None and not batched:
         residual = residual.unsqueeze(0)
-    y = ops.conv2d_fused(x, weight, scale, bias, residual, list(stride_), list(pad), list(dilation_), groups,
-                         bool(relu), concrete)
+    y = call("conv2d_fused", x, weight, scale, bias, residual, list(stride_), list(pad), list(dilation_), groups,
+             bool(relu), concrete)
     return y if batched else y.squeeze(0)
 
 
