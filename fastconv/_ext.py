@@ -90,3 +90,25 @@ def cuda_binding(emulated: bool):
     host-side can_implement/workspace functions, compiled for the emulator); else None."""
     mods = (_C_emu,) if emulated else (_C if built_with_cuda() else None, _C_emu)
     return next((m for m in mods if m is not None and hasattr(m, "cuda_conv_query")), None)
+
+
+def binding_modules() -> list:
+    """Every loaded module that holds a binding (fastconv._C, fastconv._C_emu): each owns its copy
+    of the extension's settings, such as the workspace limit."""
+    return [m for m in (_C, _C_emu) if m is not None]
+
+
+def set_workspace_limit(limit_bytes: int) -> None:
+    """The most scratch memory one fastconv op may allocate, in every binding (workspace.h)."""
+    for m in binding_modules():
+        if hasattr(m, "set_workspace_limit"):
+            m.set_workspace_limit(int(limit_bytes))
+
+
+def cpu_conv_query(algo: str, direction: int, in_size, w_size, geom, groups: int, elem_bytes: int,
+                   channels_last: bool, workspace_limit: int):
+    """The CPU algorithms' answer (ok, reason, workspace_bytes), or None without the extension."""
+    if _C is None or not hasattr(_C, "cpu_conv_query"):
+        return None
+    return _C.cpu_conv_query(algo, direction, in_size, w_size, geom, groups, elem_bytes, channels_last,
+                             workspace_limit)

@@ -1,10 +1,12 @@
 """Convolution algorithms: which exist per device, which can implement a configuration, and the
 default ("auto") choice.
 
-Every algorithm has a `can_implement` rule here that mirrors the checks its kernels make, so
-"auto" never picks an algorithm that would refuse, and forcing one that cannot take a
-configuration fails early with the reason. Each also has traits: whether it is deterministic and
-the smallest scratch buffer (workspace) it needs.
+Every compiled algorithm's `can_implement` rule is the binding's own answer (asked through
+cpu_conv_query / cuda_conv_query, csrc/torch/conv_query.h: the CPU algorithms and the CUDA
+algorithm table, never mirrored here), so "auto" never picks an algorithm that would refuse, and
+forcing one that cannot take a configuration fails early with the kernels' reason. Each also has
+traits: whether it is deterministic and the smallest scratch buffer (workspace) it needs, also
+asked of the binding.
 
 "auto" is resolved in this order (fastconv.autotune.select): a plan in the in-memory plan table
 (tuned in this process, read from the on-disk cache, or fastconv.plans.load()); with
@@ -15,6 +17,7 @@ fastconv.backends.workspace_limit_mb, and deterministic when torch.use_determini
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -107,10 +110,6 @@ def _dtype_rule(allowed) -> Rule:
     return rule
 
 
-def _any_config(p: ConvProblem) -> Optional[str]:
-    return None
-
-
 def _one_by_one(p: ConvProblem) -> Optional[str]:
     if p.R != 1 or p.S != 1:
         return f"needs a 1x1 kernel, got {p.R}x{p.S}"
@@ -130,26 +129,54 @@ def _all(*rules: Rule) -> Rule:
     return rule
 
 
-# ---- asking the CUDA kernels (csrc/torch/cuda_ops.cpp cuda_conv_query) ---------------------------------
+# ---- asking the kernels (csrc/torch/conv_query.h: cpu_conv_query, cuda_conv_query) ------------------
 
 _NO_LIMIT = 1 << 62
 
 
 def kernel_query(algo: str, p: ConvProblem, direction: int = 0, workspace_limit: int = _NO_LIMIT):
-    """The CUDA algorithm table's answer for p: (ok, reason, workspace_bytes), or None when the
-    module holding the CUDA binding (fastconv._C on a CUDA build, fastconv._C_emu) is absent.
-    direction: 0 fprop, 1 dgrad, 2 wgrad; with workspace_limit 0 the bytes are the least it runs with."""
-    mod = _ext.cuda_binding(p.emulated)
+    """The binding's answer for p: (ok, reason, workspace_bytes) from the CPU algorithms (device
+    type "cpu") or the CUDA algorithm table ("cuda": fastconv._C on a CUDA build, fastconv._C_emu on
+    the emulated device), or None when that module is absent. direction: 0 fprop, 1 dgrad, 2 wgrad;
+    with workspace_limit 0 the bytes are the least the algorithm runs with."""
+    n = p.N if isinstance(p.N, int) else 1  # a symbolic batch: eligibility does not depend on it
+    cg = p.C // p.groups if p.groups > 0 else p.C  # groups <= 0: the binding says what is wrong
+    flat = (int(n), p.C, p.H, p.W, p.K, cg, p.R, p.S, *(int(v) for v in p.stride),
+            *(int(v) for v in p.padding), *(int(v) for v in p.dilation), int(p.groups))
+    return _ask_binding(p.device_type, bool(p.emulated), algo, int(direction), *flat, _elem_bytes(p.dtype),
+                        bool(p.channels_last), int(workspace_limit))
+
+
+# The answer depends on nothing but its arguments: repeated questions are answered from memory.
+def _ask_binding(device_type: str, emulated: bool, algo: str, direction: int, *flat):
+    return _ask_binding_cached(device_type, emulated, algo, direction, flat)
+
+
+@functools.lru_cache(maxsize=8192)
+def _ask_binding_cached(device_type: str, emulated: bool, algo: str, direction: int, flat: tuple):
+    sizes, geom, (groups, elem, channels_last, limit) = flat[:8], flat[8:14], flat[14:]
+    args = (algo, direction, sizes[:4], sizes[4:], geom, groups, elem, channels_last, limit)
+    if device_type == "cpu":
+        return _ext.cpu_conv_query(*args)
+    mod = _ext.cuda_binding(emulated)
     if mod is None:
         return None
-    n = p.N if isinstance(p.N, int) else 1  # a symbolic batch (torch.compile): eligibility does not depend on it
-    return mod.cuda_conv_query(algo, direction, (n, p.C, p.H, p.W), (p.K, p.C // p.groups, p.R, p.S),
-                               tuple(p.stride) + tuple(p.padding) + tuple(p.dilation), p.groups,
-                               _elem_bytes(p.dtype), bool(p.channels_last), int(workspace_limit))
+    return mod.cuda_conv_query(*args)
+
+
+# While torch.compile traces, sizes may be symbolic (even a weight's R and S under dynamic=True) and
+# the extension cannot be called with them. The traced choice then uses only the restriction that
+# is a property of the algorithm itself (gemm1x1: a 1x1 filter, no padding; comparisons on symbolic
+# sizes become guards); anything else an algorithm would refuse, and the workspace limit, is
+# enforced by the kernels when the compiled graph runs (NotImplementedError naming the reason).
+_TRACED_RULES: Dict[str, Rule] = {"gemm1x1": lambda p: _one_by_one(p)}
 
 
 def _kernel_rule(algo: str) -> Rule:
     def rule(p: ConvProblem) -> Optional[str]:
+        if torch.compiler.is_compiling():
+            traced = _TRACED_RULES.get(algo)
+            return traced(p) if traced is not None else None
         answer = kernel_query(algo, p)
         if answer is None or answer[0]:
             return None
@@ -160,9 +187,16 @@ def _kernel_rule(algo: str) -> Rule:
 
 def _kernel_workspace(algo: str) -> Callable[[ConvProblem], int]:
     def workspace(p: ConvProblem) -> int:
-        # The least it can run with (im2col chunks the batch down to one image), largest over directions.
-        answers = [kernel_query(algo, p, d, 0) for d in (0, 1, 2)]
-        return max((a[2] for a in answers if a is not None), default=0)
+        # The least it can run with (im2col runs fewer tasks, down to one image at a time), largest
+        # over directions.
+        if torch.compiler.is_compiling():
+            return 0  # see _TRACED_RULES
+        most = 0
+        for d in (0, 1, 2):
+            a = kernel_query(algo, p, d, 0)
+            if a is not None and a[2] > most:
+                most = a[2]
+        return most
 
     return workspace
 
@@ -170,9 +204,9 @@ def _kernel_workspace(algo: str) -> Callable[[ConvProblem], int]:
 # device type -> algorithm -> rule (only what was built appears for CUDA).
 _RULES: Dict[str, Dict[str, Rule]] = {
     "cpu": {
-        "direct": _all(_dtype_rule(_CPU_DTYPES), _any_config),
-        "im2col": _all(_dtype_rule(_CPU_DTYPES), _any_config),
-        "gemm1x1": _all(_dtype_rule(_CPU_DTYPES), _one_by_one),
+        "direct": _all(_dtype_rule(_CPU_DTYPES), _kernel_rule("direct")),
+        "im2col": _all(_dtype_rule(_CPU_DTYPES), _kernel_rule("im2col")),
+        "gemm1x1": _all(_dtype_rule(_CPU_DTYPES), _kernel_rule("gemm1x1")),
     },
     # CUDA: the binding's dtype set, then the kernels' own can_implement (asked, not mirrored).
     "cuda": {
@@ -245,11 +279,6 @@ def _no_workspace(p: ConvProblem) -> int:
     return 0
 
 
-def _cpu_im2col_workspace(p: ConvProblem) -> int:
-    # One [C/groups·R·S, P·Q] column buffer (csrc/torch/cpu_conv.cpp allocates one per worker thread).
-    return (p.C // p.groups) * p.R * p.S * p.P * p.Q * _elem_bytes(p.dtype)
-
-
 @dataclass(frozen=True)
 class AlgoTraits:
     """What the chooser needs to know about an algorithm besides `can_implement`.
@@ -271,7 +300,7 @@ class AlgoTraits:
 _TRAITS: Dict[str, Dict[str, AlgoTraits]] = {
     "cpu": {
         "direct": AlgoTraits(),
-        "im2col": AlgoTraits(workspace_bytes=_cpu_im2col_workspace),
+        "im2col": AlgoTraits(workspace_bytes=_kernel_workspace("im2col")),
         "gemm1x1": AlgoTraits(),
     },
     "cuda": {
@@ -467,16 +496,17 @@ def heuristic(problem: ConvProblem) -> str:
     return heuristic_choice(problem)[0]
 
 
+# An unsupported dtype raises NotImplementedError, the type torch's own kernels raise for one
+# ("... not implemented for 'Bool'"); so does every other reason no algorithm can take a problem.
 def _nothing_eligible(problem: ConvProblem, eligible: Dict[str, Optional[str]]) -> None:
     if not eligible:
-        raise TypeError(f"fastconv.conv2d: no algorithm can implement this problem: {why_not('direct', problem)}")
+        raise NotImplementedError(
+            f"fastconv.conv2d: no algorithm can implement this problem: {why_not('direct', problem)}")
     reasons = "; ".join(f"{a}: {why}" for a, why in eligible.items())
     if _deterministic_required() and any(
             why_not(a, problem) is None and not traits(a, problem.device_type).deterministic for a in eligible):
         raise RuntimeError(f"fastconv.conv2d: no deterministic algorithm can implement this problem, but "
                            f"torch.use_deterministic_algorithms(True) is set ({reasons})")
-    if all(why_not(a, problem) is not None and "dtype" in why_not(a, problem) for a in eligible):
-        raise TypeError(f"fastconv.conv2d: no algorithm can implement this problem: {reasons}")
     raise NotImplementedError(f"fastconv.conv2d: no algorithm can implement this problem: {reasons}")
 
 
@@ -494,6 +524,18 @@ def check_deterministic(algo: str, problem: ConvProblem) -> None:
     raise RuntimeError(msg)
 
 
+def _problem_torch_device(p: ConvProblem) -> str:
+    return _ext.EMU_DEVICE if p.emulated else p.device_type
+
+
+def _device_word(p: ConvProblem) -> str:
+    if p.emulated:
+        return "the emulated CUDA device"
+    if p.device_type == "cuda" and not _ext.built_with_cuda():
+        return "cuda on this CPU-only build"
+    return p.device_type
+
+
 def resolve(algo: str, problem: ConvProblem, input: Optional[torch.Tensor] = None,
             weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> str:
     """Turns the user's `algo` into a concrete algorithm, raising if it cannot be used. For "auto" the
@@ -508,15 +550,20 @@ def resolve(algo: str, problem: ConvProblem, input: Optional[torch.Tensor] = Non
         from fastconv.autotune import select
 
         return select(problem, input, weight, bias).algo
-    known = {a for rules in _RULES.values() for a in rules}
-    if algo not in known:
-        raise ValueError(f"fastconv.conv2d: unknown algo '{algo}'; choose one of "
-                         f"{['auto'] + sorted(known)}")
+    here = [a for a in available_algorithms(_problem_torch_device(problem)) if a != "auto"]
+    if algo not in here:
+        known = {a for rules in _RULES.values() for a in rules}
+        where = ("" if algo not in known else
+                 f" ('{algo}' exists for another device or build, not for {_device_word(problem)})")
+        raise ValueError(f"fastconv.conv2d: unknown algo '{algo}'{where}; choose one of {['auto'] + here}")
     why = why_not(algo, problem)
     if why is not None:
-        if "dtype" in why:
-            raise TypeError(f"fastconv.conv2d: algo '{algo}' cannot run: {why}")
         raise NotImplementedError(f"fastconv.conv2d: algo '{algo}' cannot implement this configuration: {why}")
+    ws, limit = workspace_bytes(algo, problem), backends.workspace_limit_mb << 20
+    if ws > limit:  # the kernels would refuse too (csrc/torch/workspace.h): say it before running anything
+        raise NotImplementedError(
+            f"fastconv.conv2d: algo '{algo}' needs {ws} bytes of workspace for this configuration, over "
+            f"fastconv.backends.workspace_limit_mb ({backends.workspace_limit_mb} MiB)")
     check_deterministic(algo, problem)
     return algo
 

@@ -18,10 +18,11 @@ Every setting starts from an environment variable, read once when fastconv is im
     tune_warmup          FASTCONV_TUNE_WARMUP           1      (untimed runs per candidate)
     tune_iters           FASTCONV_TUNE_ITERS            3      (timed runs; the median is kept)
 
-The settings are plain values held by this module (no kernel reads them): the algorithm chooser in
-fastconv.algorithms reads them on every call. Setting workspace_limit_mb also sets the environment
-variable FASTCONV_WORKSPACE_LIMIT_MB, which the CUDA binding reads on every call, so the chooser and
-the kernels agree on the limit.
+The settings are plain values held by this module: the algorithm chooser in fastconv.algorithms
+reads them on every call. workspace_limit_mb is also a setting of the compiled extension itself
+(csrc/torch/workspace.h: the bindings size scratch memory under it, and an algorithm that cannot run
+within it refuses with NotImplementedError); setting it here sets it there, so the chooser and the
+kernels agree. The environment variable is read once, at import.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sys
 import types
 from typing import Any, Dict, Iterator
 
-_DEFAULT_WORKSPACE_LIMIT_MB = 256  # the CUDA binding's default (csrc/torch/cuda_ops.cpp)
+_DEFAULT_WORKSPACE_LIMIT_MB = 256  # the extension's default (csrc/torch/workspace.h)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -64,6 +65,12 @@ def _default_cache_dir() -> str:
         return os.path.expanduser(os.environ["FASTCONV_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fastconv")
+
+
+def _push_workspace_limit(mb: int) -> None:
+    from fastconv import _ext  # the extension owns the setting the kernels obey
+
+    _ext.set_workspace_limit(int(mb) << 20)
 
 
 def _check_bool(name: str, v: Any) -> bool:
@@ -114,7 +121,7 @@ class _BackendsModule(types.ModuleType):
     @workspace_limit_mb.setter
     def workspace_limit_mb(self, v: int) -> None:
         self.__dict__["_workspace_limit_mb"] = _check_count("workspace_limit_mb", v, 0)
-        os.environ["FASTCONV_WORKSPACE_LIMIT_MB"] = str(v)  # the CUDA binding reads it per call
+        _push_workspace_limit(v)
 
     @property
     def tune_warmup(self) -> int:
@@ -150,7 +157,6 @@ def flags(**kwargs: Any) -> Iterator[None]:
     if unknown:
         raise TypeError(f"fastconv.backends.flags: unknown setting(s) {sorted(unknown)}; known: {list(_NAMES)}")
     old = {n: getattr(mod, n) for n in kwargs}
-    old_env = os.environ.get("FASTCONV_WORKSPACE_LIMIT_MB")
     try:
         for n, v in kwargs.items():
             setattr(mod, n, v)
@@ -158,11 +164,6 @@ def flags(**kwargs: Any) -> Iterator[None]:
     finally:
         for n, v in old.items():
             setattr(mod, n, v)
-        if "workspace_limit_mb" in kwargs:
-            if old_env is None:
-                os.environ.pop("FASTCONV_WORKSPACE_LIMIT_MB", None)
-            else:
-                os.environ["FASTCONV_WORKSPACE_LIMIT_MB"] = old_env
 
 
 def _init(mod: _BackendsModule) -> None:
@@ -170,8 +171,8 @@ def _init(mod: _BackendsModule) -> None:
     d["_autotune"] = _env_bool("FASTCONV_AUTOTUNE", False)
     d["_cache"] = _env_bool("FASTCONV_CACHE", True)
     d["_cache_dir"] = _default_cache_dir()
-    # Only read here: the env var stays whatever the user set (the CUDA binding reads it itself).
     d["_workspace_limit_mb"] = _env_int("FASTCONV_WORKSPACE_LIMIT_MB", _DEFAULT_WORKSPACE_LIMIT_MB)
+    _push_workspace_limit(d["_workspace_limit_mb"])
     d["_tune_warmup"] = _env_int("FASTCONV_TUNE_WARMUP", 1)
     d["_tune_iters"] = max(1, _env_int("FASTCONV_TUNE_ITERS", 3))
 

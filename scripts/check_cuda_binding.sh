@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Syntax-check the CUDA torch binding (csrc/torch/cuda_*.cpp: cuda_ops.cpp, cuda_fused.cpp) without a
+# Syntax-check the CUDA torch binding (csrc/torch/cuda_*.cpp: cuda_conv.cpp, cuda_pool_bn.cpp, cuda_fused.cpp) without a
 # CUDA build of torch.
 #
 # The real build compiles these files only against a CUDA torch; this check runs where only a CPU
@@ -65,7 +65,7 @@ PY_INC="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"]
 for d in "${TORCH_INC[@]}" "$CUDA_INC" "$SHIM" "$PY_INC"; do SYS_INC+=(-isystem "$d"); done
 
 # Every csrc/torch/cuda_*.cpp is checked; these must exist (a missing one would otherwise pass silently).
-for required in csrc/torch/cuda_ops.cpp csrc/torch/cuda_fused.cpp; do
+for required in csrc/torch/cuda_conv.cpp csrc/torch/cuda_pool_bn.cpp csrc/torch/cuda_fused.cpp; do
   if [ ! -f "$required" ]; then
     echo "check_cuda_binding: missing $required" >&2
     exit 1

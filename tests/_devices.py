@@ -36,3 +36,12 @@ def skip_if_too_big_for_emulator(shape) -> None:
 def skip_if_emulated(why: str) -> None:
     if EMULATED:
         pytest.skip(f"needs a real GPU: {why}")
+
+
+# The devices every device-parametrized test (tests/test_ops_devices.py, test_errors.py) runs on:
+# the CPU always; the emulated CUDA device or the GPU, marked `cuda` (and `emulated`, which
+# tests/conftest.py lets run without a GPU) so that `pytest -m cuda` selects them.
+DEVICES = ["cpu"] + ([CUDA_DEVICE] if CUDA_DEVICE else [])
+DEVICE_PARAMS = [pytest.param("cpu", id="cpu")] + (
+    [pytest.param(CUDA_DEVICE, id=CUDA_DEVICE, marks=[pytest.mark.cuda, pytest.mark.emulated])]
+    if CUDA_DEVICE else [])

@@ -93,7 +93,7 @@ def test_forced_algorithm_errors_unchanged():
         algorithms.resolve("winograd_nonexistent", p)
     with pytest.raises(NotImplementedError, match="1x1"):
         algorithms.resolve("gemm1x1", p)
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(NotImplementedError, match="dtype"):  # torch's type for "not implemented for 'Half'"
         algorithms.resolve("auto", problem(dtype=torch.float16))
     with pytest.raises(TypeError, match="string"):
         algorithms.resolve(3, p)
@@ -103,8 +103,12 @@ def test_forced_algorithm_errors_unchanged():
 
 def test_workspace_estimates():
     p = problem(C=8, K=4, H=10, W=10, R=3, S=3, padding=1)
-    # CPU im2col: one [C/groups*R*S, P*Q] float32 column buffer.
-    assert algorithms.workspace_bytes("im2col", p) == 8 * 9 * 100 * 4
+    # CPU im2col at its least (one task): fprop/dgrad one [C/groups*R*S, P*Q] float32 column buffer;
+    # wgrad that and one [K, C/groups*R*S] partial weight gradient. The largest of the three counts.
+    col, partial = 8 * 9 * 100 * 4, 4 * 8 * 9 * 4
+    assert algorithms.kernel_query("im2col", p, 0, 0)[2] == col
+    assert algorithms.kernel_query("im2col", p, 2, 0)[2] == col + partial
+    assert algorithms.workspace_bytes("im2col", p) == col + partial
     assert algorithms.workspace_bytes("direct", p) == 0
     pc = problem(C=8, K=4, H=10, W=10, R=1, S=1, padding=0, stride=2, device="cuda", dtype=torch.float16)
     assert algorithms.workspace_bytes("gemm1x1", pc) > 0  # strided: a gathered image
@@ -117,7 +121,9 @@ def test_workspace_limit_excludes_from_auto():
         why = algorithms.eligibility("im2col", p)
         assert why is not None and "workspace" in why
         assert algorithms.resolve("auto", p) == "direct"
-        assert algorithms.resolve("im2col", p) == "im2col"  # forcing is still allowed on the CPU
+        # The limit is a promise: a forced algorithm that cannot keep it refuses, saying why.
+        with pytest.raises(NotImplementedError, match="workspace"):
+            algorithms.resolve("im2col", p)
     assert algorithms.resolve("auto", p) == "im2col"
 
 

@@ -29,6 +29,9 @@ except Exception as e:  # noqa: BLE001  (reported by the fixture below, not as a
 
 from _devices import CUDA_DEVICE, EMULATED, skip_if_emulated, skip_if_too_big_for_emulator  # noqa: E402
 
+import fastconv  # noqa: E402
+from helpers import LOW_ATOL, rel_err  # noqa: E402
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.emulated,
@@ -39,8 +42,8 @@ pytestmark = [
 # the CPU through torch's fallback, at the same dtype).
 DEV = CUDA_DEVICE or "cuda"
 LOW = [torch.float16, torch.bfloat16]
-# Added to "2x torch's error": covers rounding of the final store at each precision.
-ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Added to "2x torch's error": the one tolerance table of every device (tests/helpers.py).
+ATOL = LOW_ATOL
 LAYOUTS = ["nchw", "channels_last"]
 
 
@@ -83,10 +86,7 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    ref = ref.double()
-    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
-    return (a.double() - ref).abs().max().item() / scale if ref.numel() else 0.0
+_rel_err = rel_err  # max-abs error relative to max(1, |reference|), as everywhere (tests/helpers.py)
 
 
 def _fwd_bwd(fn: Callable, inputs: Sequence[torch.Tensor | None], dtype, grad_seed: int, grad_mask=None):
@@ -253,9 +253,9 @@ def test_conv2d_float64_direct(case, layout):
 
 
 @pytest.mark.parametrize("algo", ["im2col", "gemm1x1"])
-def test_conv2d_float64_unsupported_algo_is_type_error(algo):
+def test_conv2d_float64_unsupported_algo_is_not_implemented(algo):
     x, w, _ = Conv("t", 1, 4, 5, 5, 4, 1, 1).tensors("nchw")
-    with pytest.raises(TypeError, match=algo):
+    with pytest.raises(NotImplementedError, match=algo):
         torch.ops.fastconv.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, algo)
 
 
@@ -288,13 +288,13 @@ def test_conv2d_empty_batch(algo):
 # One image's column buffer here is 64·9·56·56·4 B = 6.9 MiB: 16 MiB fits 2 of the 4 images (two
 # chunks), 0 fits none (refusal). A 1 MiB limit, used before, refused too and never tested chunking.
 @pytest.mark.parametrize("limit_mb", ["16", "0"])
-def test_conv2d_im2col_small_workspace(monkeypatch, limit_mb):
+def test_conv2d_im2col_small_workspace(limit_mb):
     """im2col chunks the batch to fit the workspace limit, or refuses (NotImplementedError)."""
     case = Conv("r50_l1_3x3_b4", 4, 64, 56, 56, 64, 3, 3, padding=1, bias=False)
     x, w, _ = case.tensors("nchw")
-    monkeypatch.setenv("FASTCONV_WORKSPACE_LIMIT_MB", limit_mb)
     try:
-        y = torch.ops.fastconv.conv2d(x.float(), w.float(), None, [1, 1], [1, 1], [1, 1], 1, "im2col")
+        with fastconv.backends.flags(workspace_limit_mb=int(limit_mb)):
+            y = torch.ops.fastconv.conv2d(x.float(), w.float(), None, [1, 1], [1, 1], [1, 1], 1, "im2col")
     except NotImplementedError as e:
         assert limit_mb == "0" and "im2col" in str(e)
         return

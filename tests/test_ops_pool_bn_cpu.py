@@ -351,25 +351,35 @@ def test_batch_norm_large_mean_float32(layout):
 def test_batch_norm_backward_mask_and_dtypes():
     g = torch.Generator().manual_seed(9)
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)
-    # float32 parameters with a float64 input are converted to the input dtype.
+    # float32 parameters with a float64 input: torch refuses ("mixed dtype"), and so does every device.
     w32, b32 = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)
-    y, mean, invstd, var = ops.batch_norm_train(x, w32, b32, 1e-5, False)
-    ry = F.batch_norm(x, None, None, w32.double(), b32.double(), training=True)
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        F.batch_norm(x, None, None, w32, b32, training=True)
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        ops.batch_norm_train(x, w32, b32, 1e-5, False)
+    w64, b64 = w32.double(), b32.double()
+    y, mean, invstd, var = ops.batch_norm_train(x, w64, b64, 1e-5, False)
+    ry = F.batch_norm(x, None, None, w64, b64, training=True)
     torch.testing.assert_close(y, ry)
     dy = torch.randn_like(x)
-    dx, dw, db = ops.batch_norm_backward(dy, x, None, w32, mean, invstd, True, False, [False, True, False])
+    dx, dw, db = ops.batch_norm_backward(dy, x, None, w64, mean, invstd, True, False, [False, True, False])
     assert dx.numel() == 0 and db.numel() == 0
-    assert dw.shape == (3,) and dw.dtype == torch.float32
+    assert dw.shape == (3,) and dw.dtype == torch.float64
     dx, dw, db = ops.batch_norm_backward(dy, x, None, None, mean, invstd, True, False, [True, False, False])
     assert dx.shape == x.shape and dw.numel() == 0 and db.numel() == 0
 
-    # Running stats of another dtype (and non-contiguous) are updated in place through copy_.
-    rm_base = torch.zeros(3, 2)
-    rm, rv = rm_base[:, 0], torch.ones(3)
+    # Non-contiguous running stats are updated in place through copy_; another dtype is refused, as
+    # torch refuses float32 running stats with a float64 input ("mixed dtype").
+    rm_base = torch.zeros(3, 2, dtype=torch.float64)
+    rm, rv = rm_base[:, 0], torch.ones(3, dtype=torch.float64)
     ops.batch_norm_update_running_stats_(rm, rv, mean, var, 32, 0.25)
-    torch.testing.assert_close(rm, (0.25 * mean).float())
-    torch.testing.assert_close(rv, (0.75 + 0.25 * var * 32 / 31).float())
+    torch.testing.assert_close(rm, 0.25 * mean)
+    torch.testing.assert_close(rv, 0.75 + 0.25 * var * 32 / 31)
     assert rm_base[:, 1].abs().sum() == 0
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        F.batch_norm(x, torch.zeros(3), torch.ones(3), training=True)
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        ops.batch_norm_update_running_stats_(torch.zeros(3), torch.ones(3), mean, var, 32, 0.25)
 
 
 def test_batch_norm_empty_batch():
@@ -392,17 +402,19 @@ def test_batch_norm_empty_batch():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32])
-def test_unsupported_dtype_raises_type_error(dtype):
+def test_unsupported_dtype_raises_not_implemented(dtype):
+    # torch's own kernels raise NotImplementedError for a dtype they lack; max_pool2d takes integers.
     x = torch.ones(1, 2, 4, 4, dtype=dtype)
-    with pytest.raises(TypeError, match=r"fastconv\.max_pool2d: CPU kernels support float32 and float64"):
-        ops.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
-    with pytest.raises(TypeError, match=r"fastconv\.avg_pool2d"):
+    if dtype.is_floating_point:
+        with pytest.raises(NotImplementedError, match=r"fastconv\.max_pool2d\" not implemented for"):
+            ops.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    with pytest.raises(NotImplementedError, match=r"fastconv\.avg_pool2d"):
         ops.avg_pool2d(x, [2, 2], [2, 2], [0, 0], False, True, None)
-    with pytest.raises(TypeError, match=r"fastconv\.adaptive_avg_pool2d"):
+    with pytest.raises(NotImplementedError, match=r"fastconv\.adaptive_avg_pool2d"):
         ops.adaptive_avg_pool2d(x, [2, 2])
-    with pytest.raises(TypeError, match=r"fastconv\.batch_norm_train"):
+    with pytest.raises(NotImplementedError, match=r"fastconv\.batch_norm_train"):
         ops.batch_norm_train(x, None, None, 1e-5, False)
-    with pytest.raises(TypeError, match=r"fastconv\.batch_norm_eval"):
+    with pytest.raises(NotImplementedError, match=r"fastconv\.batch_norm_eval"):
         ops.batch_norm_eval(x, None, None, torch.zeros(2), torch.ones(2), 1e-5, False)
 
 

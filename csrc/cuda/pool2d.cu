@@ -280,22 +280,21 @@ adaptive_avg_pool2d_fwd_kernel(const Geom g, int64_t N, unsigned per_image, Stri
     c *= V;
     const int h0 = adaptive_start32(p, g.P, g.H), h1 = adaptive_end32(p, g.P, g.H);
     const int w0 = adaptive_start32(q, g.Q, g.W), w1 = adaptive_end32(q, g.Q, g.W);
-    Acc sum[V];
-#pragma unroll
-    for (int j = 0; j < V; ++j) sum[j] = Acc(0);
+    CompensatedSum<Acc> acc[V];
     const T* xp = x + n * sx.n + c * sx.c;
     for (int h = h0; h < h1; ++h) {
       for (int w = w0; w < w1; ++w) {
         Acc v[V];
         load_pack<T, V>(xp + h * sx.h + w * sx.w, v);
 #pragma unroll
-        for (int j = 0; j < V; ++j) sum[j] += v[j];
+        for (int j = 0; j < V; ++j) acc[j].add(v[j]);
       }
     }
     const int64_t area = static_cast<int64_t>(h1 - h0) * (w1 - w0);
     const Acc div = static_cast<Acc>(area > 0 ? area : 1);
+    Acc sum[V];
 #pragma unroll
-    for (int j = 0; j < V; ++j) sum[j] = sum[j] / div;
+    for (int j = 0; j < V; ++j) sum[j] = acc[j].value() / div;
     store_pack<T, V>(y + n * sy.n + c * sy.c + p * sy.h + q * sy.w, sum);
   }
 }
@@ -350,8 +349,9 @@ global_avg_nchw_kernel(const Geom g, int64_t N, Strides4 sx, Strides4 sy, const 
     for (int c = blockIdx.x * PoolConfig::kWarpsPerBlock + threadIdx.x / 32; c < g.C;
          c += gridDim.x * PoolConfig::kWarpsPerBlock) {  // uniform across the warp
       const T* xp = x + n * sx.n + c * sx.c;
-      Acc sum = Acc(0);
-      for (unsigned e = lane; e < HW; e += 32) sum += to_acc<T>(xp[e * sx.w]);
+      CompensatedSum<Acc> acc;
+      for (unsigned e = lane; e < HW; e += 32) acc.add(to_acc<T>(xp[e * sx.w]));
+      Acc sum = acc.value();
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) sum += __shfl_down_sync(0xffffffffu, sum, off);
       if (lane == 0) y[n * sy.n + c * sy.c] = from_acc<T>(sum / static_cast<Acc>(HW));
@@ -375,18 +375,19 @@ global_avg_nhwc_kernel(const Geom g, int64_t N, Strides4 sx, Strides4 sy, const 
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     for (int cbase = blockIdx.x * L; cbase < CG; cbase += gridDim.x * L) {  // uniform across the block
       const int cg = cbase + tx;
-      Acc sum[V];
-#pragma unroll
-      for (int j = 0; j < V; ++j) sum[j] = Acc(0);
+      CompensatedSum<Acc> acc[V];
       if (cg < CG) {
         const T* xp = x + n * sx.n + static_cast<int64_t>(cg) * V;
         for (unsigned e = ty; e < HW; e += R) {
           Acc v[V];
           load_pack<T, V>(xp + e * sx.w, v);
 #pragma unroll
-          for (int j = 0; j < V; ++j) sum[j] += v[j];
+          for (int j = 0; j < V; ++j) acc[j].add(v[j]);
         }
       }
+      Acc sum[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) sum[j] = acc[j].value();
 #pragma unroll
       for (int j = 0; j < V; ++j) part[ty][tx][j] = sum[j];
       __syncthreads();

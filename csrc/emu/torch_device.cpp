@@ -1,6 +1,6 @@
 // torch_device.cpp — the emulated CUDA device as a torch device: PrivateUse1, renamed "fcemu" by
 // fastconv/_ext.py. Its memory is the emulator's cudaMalloc (host memory, poisoned, registered, so
-// the emulator's checks on kernel pointers hold); fastconv's CUDA binding (cuda_ops.cpp,
+// the emulator's checks on kernel pointers hold); fastconv's CUDA binding (cuda_conv.cpp, cuda_pool_bn.cpp,
 // cuda_fused.cpp built with FASTCONV_EMU_BINDING) is registered for it, so `x.to("fcemu")` followed
 // by any fastconv op runs the binding and the csrc/cuda kernels exactly as on a GPU, minus the GPU.
 // Every other torch op on an fcemu tensor runs on the CPU through torch's CPU fallback (inputs
@@ -26,7 +26,8 @@
 #include <cstring>
 #include <string>
 
-#include "cuda_query_py.h"
+#include "conv_query_py.h"
+#include "workspace_py.h"
 #include "runtime.h"
 
 namespace fastconv {
@@ -292,6 +293,7 @@ PyMethodDef kMethods[] = {
     {"set_counters", py_counters, METH_O, "Turns the memory-access counters on or off."},
     {"print_counters", py_print_counters, METH_NOARGS, "Prints the counters per kernel."},
     FASTCONV_CUDA_QUERY_METHOD,
+    FASTCONV_WORKSPACE_METHODS,
     {nullptr, nullptr, 0, nullptr}};
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C_emu",
                        "fastconv's CUDA binding and kernels on the emulated CUDA device (torch device 'fcemu').",

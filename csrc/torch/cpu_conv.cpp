@@ -17,11 +17,16 @@
 #include <c10/core/SymIntArrayRef.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <climits>
 #include <optional>
 #include <string>
 
 #include "checks.h"
+#include "conv_query.h"
 #include "cpu_conv.h"
+#include "prepare.h"
+#include "workspace.h"
 #include "fastconv/cpu_api.h"
 
 namespace fastconv {
@@ -66,43 +71,79 @@ void check_can_implement(ConvAlgo algo, const Conv2dShape& s, const char* op) {
                               "' cannot implement this convolution: ", why);
 }
 
-void check_cpu(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name, const char* op) {
-  TORCH_CHECK(t.device().is_cpu() && ref.device().is_cpu(), "fastconv.", op,
-              " (CPU): expected all tensors to be on the same device, but found ", ref_name, " on ", ref.device(),
-              " and ", name, " on ", t.device());
+void check_on_cpu(const at::Tensor& t, const char* op) {
+  TORCH_CHECK(t.device().is_cpu(), "fastconv.", op, " (CPU): expected CPU tensors, got one on ", t.device());
 }
 
-void check_same_dtype(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name,
-                      const char* op) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fastconv.", op, ": ", a_name, " type (", a.scalar_type(),
-              ") and ", b_name, " type (", b.scalar_type(), ") should be the same");
-}
-
-void check_float_dtype(const at::Tensor& t, const char* op) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "fastconv.", op,
-                   ": CPU kernels support float32 and float64, got ", t.scalar_type());
-}
-
-// grad_output must have the size the forward would have produced.
-void check_grad_output(const at::Tensor& dy, const Conv2dShape& s, const char* op) {
-  TORCH_CHECK(dy.size(0) == s.N && dy.size(1) == s.K && dy.size(2) == s.P && dy.size(3) == s.Q, "fastconv.", op,
-              ": expected grad_output of size [", s.N, ", ", s.K, ", ", s.P, ", ", s.Q, "], got ", dy.sizes());
-}
+void check_cpu_dtype(const at::Tensor& t, const char* op) { check_dtype_in(t, {at::kFloat, at::kDouble}, op, "CPU"); }
 
 // Every (stride_h, stride_w)-th row and column starting at 0: what a 1x1 unpadded filter reads.
+// A step beyond the extent takes only the first row either way; clamping it keeps the view's stride
+// (step · stride) inside int64 for the huge strides torch accepts.
 at::Tensor subsample(const at::Tensor& t, const Conv2dShape& s) {
   if (s.stride_h == 1 && s.stride_w == 1) return t;
-  return t.slice(2, 0, t.size(2), s.stride_h).slice(3, 0, t.size(3), s.stride_w);
+  const int64_t sh = std::min(s.stride_h, std::max<int64_t>(t.size(2), 1));
+  const int64_t sw = std::min(s.stride_w, std::max<int64_t>(t.size(3), 1));
+  return t.slice(2, 0, t.size(2), sh).slice(3, 0, t.size(3), sw);
 }
 
 // ---- im2col + GEMM ----------------------------------------------------------------------------
 
+// Scratch memory of im2col, sized to the workspace limit (workspace.h). Every at::parallel_for task
+// allocates one [C/groups·R·S, P·Q] column buffer; wgrad also keeps one [K, C/groups·R·S] partial
+// sum per fixed batch chunk. The limit caps the number of tasks (and of wgrad chunks, which is what
+// makes wgrad's summation order depend on the limit, never on the thread count); when even one task
+// does not fit, the algorithm refuses.
+struct Im2colPlan {
+  int64_t tasks = 0;  // fprop/dgrad: concurrent tasks over the batch; wgrad: batch chunks
+  int64_t grain = 1;  // at::parallel_for grain over the batch (fprop/dgrad)
+  int64_t bytes = 0;  // scratch at that plan (at one task when it does not fit)
+  std::string why_not;
+};
+
+int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// dir: 0 fprop, 1 dgrad, 2 wgrad.
+Im2colPlan plan_im2col(const Conv2dShape& s, int dir, int64_t elem, size_t limit_bytes) {
+  Im2colPlan p;
+  const int64_t limit = static_cast<int64_t>(std::min<size_t>(limit_bytes, static_cast<size_t>(INT64_MAX)));
+  const int64_t crs = s.Cg() * s.R * s.S;
+  const int64_t col = crs * s.P * s.Q * elem;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  if (dir == 2) {
+    const int64_t partial = s.K * crs * elem;
+    const int64_t want = std::max<int64_t>(1, min64(s.N, kWgradMaxChunks));
+    const int64_t fit = (col + partial) > 0 ? limit / (col + partial) : want;
+    p.tasks = std::max<int64_t>(1, min64(want, fit));
+    p.bytes = p.tasks * partial + min64(threads, p.tasks) * col;
+    if (fit < 1) p.why_not = "one column buffer and one partial weight gradient need " + std::to_string(col + partial);
+  } else {
+    const int64_t want = std::max<int64_t>(1, min64(threads, s.N));
+    const int64_t fit = col > 0 ? limit / col : want;
+    p.tasks = std::max<int64_t>(1, min64(want, fit));
+    p.grain = std::max<int64_t>(1, ceil_div64(s.N, p.tasks));
+    p.bytes = p.tasks * col;
+    if (fit < 1) p.why_not = "one column buffer needs " + std::to_string(col);
+  }
+  if (!p.why_not.empty()) p.why_not += " bytes, over the workspace limit of " + std::to_string(limit) + " bytes";
+  return p;
+}
+
+Im2colPlan checked_plan_im2col(const Conv2dShape& s, int dir, const at::Tensor& like, const char* op) {
+  Im2colPlan p = plan_im2col(s, dir, like.element_size(), workspace_limit_bytes());
+  TORCH_CHECK_NOT_IMPLEMENTED(p.why_not.empty(), "fastconv.", op, ": algo 'im2col' cannot run this convolution: ",
+                              p.why_not, " (fastconv.backends.workspace_limit_mb)");
+  return p;
+}
+
+
 template <typename T>
-void fprop_im2col(const Conv2dShape& s, const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
+void fprop_im2col(const Conv2dShape& s, const Im2colPlan& plan, const at::Tensor& x, const at::Tensor& w,
+                  at::Tensor& y) {
   const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S, PQ = s.P * s.Q;
   const at::Tensor w3 = w.contiguous().view({s.groups, Kg, CRS});
   const T* xp = x.const_data_ptr<T>();
-  at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.N, plan.grain, [&](int64_t begin, int64_t end) {
     FASTCONV_BELOW_AUTOGRAD();  // thread-local: worker threads need their own guard
     at::Tensor col = at::empty({CRS, PQ}, x.options().memory_format(at::MemoryFormat::Contiguous));
     for (int64_t n = begin; n < end; ++n) {
@@ -116,11 +157,12 @@ void fprop_im2col(const Conv2dShape& s, const at::Tensor& x, const at::Tensor& w
 }
 
 template <typename T>
-void dgrad_im2col(const Conv2dShape& s, const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx) {
+void dgrad_im2col(const Conv2dShape& s, const Im2colPlan& plan, const at::Tensor& dy, const at::Tensor& w,
+                  at::Tensor& dx) {
   const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S, PQ = s.P * s.Q;
   const at::Tensor w3 = w.contiguous().view({s.groups, Kg, CRS});
   T* dxp = dx.mutable_data_ptr<T>();
-  at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.N, plan.grain, [&](int64_t begin, int64_t end) {
     FASTCONV_BELOW_AUTOGRAD();  // thread-local: worker threads need their own guard
     at::Tensor col = at::empty({CRS, PQ}, dy.options().memory_format(at::MemoryFormat::Contiguous));
     for (int64_t n = begin; n < end; ++n) {
@@ -134,9 +176,9 @@ void dgrad_im2col(const Conv2dShape& s, const at::Tensor& dy, const at::Tensor& 
 }
 
 template <typename T>
-at::Tensor wgrad_im2col(const Conv2dShape& s, const at::Tensor& dy, const at::Tensor& x) {
+at::Tensor wgrad_im2col(const Conv2dShape& s, const Im2colPlan& plan, const at::Tensor& dy, const at::Tensor& x) {
   const int64_t Kg = s.Kg(), CRS = s.Cg() * s.R * s.S, PQ = s.P * s.Q;
-  const int64_t chunks = min64(s.N, kWgradMaxChunks);
+  const int64_t chunks = plan.tasks;
   at::Tensor partial = at::zeros({chunks, s.groups, Kg, CRS}, x.options());
   const T* xp = x.const_data_ptr<T>();
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -222,27 +264,20 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d";
   const ConvAlgo algo = parse_algo(algo_str, op);
-  check_4d(input, op, "input");
-  check_4d(weight, op, "weight");
-  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
-  check_cpu(weight, "weight", input, "input", op);
-  check_same_dtype(input, "Input", weight, "weight", op);
-  if (has_bias) {
-    check_cpu(*bias_opt, "bias", input, "input", op);
-    check_same_dtype(input, "Input", *bias_opt, "bias", op);
-  }
-  check_float_dtype(input, op);
-  Conv2dShape s = conv_shape_from_sizes(input.sizes(), weight.sizes(), stride, padding, dilation, groups, op);
-  if (has_bias) {
-    TORCH_CHECK(bias_opt->dim() == 1 && bias_opt->size(0) == s.K, "fastconv.", op, ": Given weight of size ",
-                weight.sizes(), ", expected bias to be 1-dimensional with ", s.K, " elements, but got bias of size ",
-                bias_opt->sizes(), " instead");
-  }
+  Conv2dShape s = prepare_conv2d(input, weight, bias_opt, stride, padding, dilation, groups, op);
+  check_on_cpu(input, op);
+  check_cpu_dtype(input, op);
   check_can_implement(algo, s, op);
+  const bool has_bias = has(bias_opt);
 
   const c10::MemoryFormat fmt = conv_output_format(input, weight);
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(fmt));
   if (y.numel() == 0) return y;
+  if (input.numel() == 0) {  // C == 0: a sum over no channels
+    fill_conv_of_empty_input(y, bias_opt);
+    return y;
+  }
+  const Im2colPlan plan = algo == ConvAlgo::kIm2col ? checked_plan_im2col(s, 0, input, op) : Im2colPlan{};
   s.x = strides4(input);
   s.w = strides4(weight);
   s.y = strides4(y);
@@ -258,7 +293,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
                      op, algo_name(algo));
         break;
       case ConvAlgo::kIm2col:
-        fprop_im2col<scalar_t>(s, input, weight, y);
+        fprop_im2col<scalar_t>(s, plan, input, weight, y);
         break;
       case ConvAlgo::kGemm1x1:
         fprop_gemm1x1(s, input, weight, y, fmt == c10::MemoryFormat::ChannelsLast);
@@ -270,6 +305,26 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   return y;
 }
 
+// What the CPU algorithms say of a configuration, without tensors (fastconv.algorithms asks this
+// instead of mirroring the rules and the im2col workspace). dir: 0 fprop, 1 dgrad, 2 wgrad.
+ConvQuery cpu_conv_query(const std::string& algo_str, int dir, const std::array<int64_t, 4>& in,
+                         const std::array<int64_t, 4>& wt, const std::array<int64_t, 6>& geom, int64_t groups,
+                         int elem_bytes, bool /*channels_last*/, int64_t workspace_limit) {
+  if (dir < 0 || dir > 2) return {false, "direction must be 0 (fprop), 1 (dgrad) or 2 (wgrad)", 0};
+  if (elem_bytes != 4 && elem_bytes != 8) return {false, "CPU kernels support float32 and float64", 0};
+  // Invalid arguments raise (the same error the op would raise); only "cannot implement" is an answer.
+  const ConvAlgo algo = parse_algo(algo_str, "conv2d");
+  const int64_t st[2] = {geom[0], geom[1]}, pd[2] = {geom[2], geom[3]}, dl[2] = {geom[4], geom[5]};
+  const Conv2dShape s = conv_shape_from_sizes(at::IntArrayRef(in.data(), 4), at::IntArrayRef(wt.data(), 4),
+                                              at::IntArrayRef(st, 2), at::IntArrayRef(pd, 2), at::IntArrayRef(dl, 2),
+                                              groups, "conv2d");
+  const std::string why = cannot_implement(algo, s);
+  if (!why.empty()) return {false, why, 0};
+  if (algo != ConvAlgo::kIm2col || in[0] == 0 || in[1] == 0) return {true, "", 0};  // no input: no kernel runs
+  const Im2colPlan p = plan_im2col(s, dir, elem_bytes, static_cast<size_t>(std::max<int64_t>(workspace_limit, 0)));
+  return {p.why_not.empty(), p.why_not, p.bytes};
+}
+
 namespace {
 
 at::Tensor conv2d_dgrad_cpu(const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
@@ -278,22 +333,20 @@ at::Tensor conv2d_dgrad_cpu(const at::Tensor& grad_output, const at::Tensor& wei
   FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d_dgrad";
   const ConvAlgo algo = parse_algo(algo_str, op);
-  check_4d(grad_output, op, "grad_output");
-  check_4d(weight, op, "weight");
   const at::IntArrayRef in_size = C10_AS_INTARRAYREF_SLOW(input_size);
-  check_cpu(weight, "weight", grad_output, "grad_output", op);
-  check_same_dtype(grad_output, "grad_output", weight, "weight", op);
-  check_float_dtype(grad_output, op);
-  Conv2dShape s = conv_shape_from_sizes(in_size, weight.sizes(), stride, padding, dilation, groups, op);
-  check_grad_output(grad_output, s, op);
+  Conv2dShape s = prepare_conv2d_dgrad(grad_output, weight, in_size, stride, padding, dilation, groups, op);
+  check_on_cpu(grad_output, op);
+  check_cpu_dtype(grad_output, op);
   check_can_implement(algo, s, op);
 
   const c10::MemoryFormat fmt = conv_output_format(grad_output, weight);
   const bool strided_1x1 = algo == ConvAlgo::kGemm1x1 && (s.stride_h != 1 || s.stride_w != 1);
-  // gemm1x1 with stride > 1 writes only every stride-th position: the rest of dx stays zero.
+  // gemm1x1 with stride > 1 writes only every stride-th position: the rest of dx stays zero; so does
+  // all of it when no output exists (K == 0 cannot happen, P·Q == 0 cannot either: both are refused).
   at::Tensor dx = strided_1x1 ? at::zeros(in_size, grad_output.options().memory_format(fmt))
                               : at::empty(in_size, grad_output.options().memory_format(fmt));
   if (dx.numel() == 0) return dx;
+  const Im2colPlan plan = algo == ConvAlgo::kIm2col ? checked_plan_im2col(s, 1, grad_output, op) : Im2colPlan{};
   s.x = strides4(dx);
   s.w = strides4(weight);
   s.y = strides4(grad_output);
@@ -307,7 +360,7 @@ at::Tensor conv2d_dgrad_cpu(const at::Tensor& grad_output, const at::Tensor& wei
                      op, algo_name(algo));
         break;
       case ConvAlgo::kIm2col:
-        dgrad_im2col<scalar_t>(s, grad_output, weight, dx);
+        dgrad_im2col<scalar_t>(s, plan, grad_output, weight, dx);
         break;
       case ConvAlgo::kGemm1x1:
         dgrad_gemm1x1(s, grad_output, weight, dx, fmt == c10::MemoryFormat::ChannelsLast);
@@ -323,21 +376,18 @@ at::Tensor conv2d_wgrad_cpu(const at::Tensor& grad_output, const at::Tensor& inp
   FASTCONV_BELOW_AUTOGRAD();
   constexpr const char* op = "conv2d_wgrad";
   const ConvAlgo algo = parse_algo(algo_str, op);
-  check_4d(grad_output, op, "grad_output");
-  check_4d(input, op, "input");
   const at::IntArrayRef w_size = C10_AS_INTARRAYREF_SLOW(weight_size);
-  check_cpu(grad_output, "grad_output", input, "input", op);
-  check_same_dtype(input, "Input", grad_output, "grad_output", op);
-  check_float_dtype(input, op);
-  Conv2dShape s = conv_shape_from_sizes(input.sizes(), w_size, stride, padding, dilation, groups, op);
-  check_grad_output(grad_output, s, op);
+  Conv2dShape s = prepare_conv2d_wgrad(grad_output, input, w_size, stride, padding, dilation, groups, op);
+  check_on_cpu(input, op);
+  check_cpu_dtype(input, op);
   check_can_implement(algo, s, op);
 
   const c10::MemoryFormat fmt = conv_output_format(input, grad_output);
   const at::TensorOptions opts = input.options().memory_format(fmt);
-  if (s.N == 0) return at::zeros(w_size, opts);  // an empty batch contributes nothing
+  if (input.numel() == 0) return at::zeros(w_size, opts);  // an empty batch contributes nothing
   at::Tensor dw = at::empty(w_size, opts);
   if (dw.numel() == 0) return dw;
+  const Im2colPlan plan = algo == ConvAlgo::kIm2col ? checked_plan_im2col(s, 2, input, op) : Im2colPlan{};
   s.x = strides4(input);
   s.w = strides4(dw);
   s.y = strides4(grad_output);
@@ -351,7 +401,7 @@ at::Tensor conv2d_wgrad_cpu(const at::Tensor& grad_output, const at::Tensor& inp
                      op, algo_name(algo));
         break;
       case ConvAlgo::kIm2col:
-        dw.copy_(wgrad_im2col<scalar_t>(s, grad_output, input));
+        dw.copy_(wgrad_im2col<scalar_t>(s, plan, grad_output, input));
         break;
       case ConvAlgo::kGemm1x1:
         dw.copy_(wgrad_gemm1x1(s, grad_output, input, fmt == c10::MemoryFormat::ChannelsLast));

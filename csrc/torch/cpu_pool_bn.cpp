@@ -15,10 +15,7 @@
 namespace fastconv {
 namespace {
 
-void check_float_dtype(const at::Tensor& t, const char* op) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "fastconv.", op,
-                   ": CPU kernels support float32 and float64, got ", t.scalar_type());
-}
+void check_float_dtype(const at::Tensor& t, const char* op) { check_dtype_in(t, {at::kFloat, at::kDouble}, op, "CPU"); }
 
 void check_cpu(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "fastconv.", op, ": expected all tensors to be on the same device, but ",
@@ -46,13 +43,6 @@ void check_status_op(Status st, const char* op) {
 
 // ---- pooling -------------------------------------------------------------------------------------
 
-void check_grad_output(const at::Tensor& dy, const Pool2dShape& s, const char* op, const char* name) {
-  check_4d(dy, op, name);
-  const std::vector<int64_t> want{s.N, s.C, s.P, s.Q};
-  TORCH_CHECK(dy.sizes() == at::IntArrayRef(want), "fastconv.", op, ": expected ", name, " of size ",
-              at::IntArrayRef(want), ", but got ", dy.sizes());
-}
-
 at::Tensor empty_pool_output(const at::Tensor& x, int64_t P, int64_t Q, at::ScalarType dtype) {
   return at::empty({x.size(0), x.size(1), P, Q}, x.options().dtype(dtype).memory_format(x.suggest_memory_format()));
 }
@@ -61,14 +51,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& x, at::IntAr
                                                   at::IntArrayRef pad, at::IntArrayRef dil, bool ceil_mode) {
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "max_pool2d";
-  check_float_dtype(x, op);
   Pool2dShape s = prepare_pool(x, k, stride, pad, dil, ceil_mode, op);
+  // Integer inputs too, as torch's CPU max_pool2d (no gradient flows through them).
+  check_dtype_in(x, {at::kFloat, at::kDouble, at::kByte, at::kChar, at::kShort, at::kInt, at::kLong}, op, "CPU");
   at::Tensor y = empty_pool_output(x, s.P, s.Q, x.scalar_type());
   at::Tensor idx = like_layout(empty_pool_output(x, s.P, s.Q, at::kLong), y);
   if (y.numel() == 0) return {y, idx};
   s.x = strides4(x);
   s.y = strides4(y);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_max_pool2d", [&] {
+  AT_DISPATCH_ALL_TYPES(x.scalar_type(), "fastconv_max_pool2d", [&] {
     check_status_op(cpu::max_pool2d_fwd<scalar_t>(s, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
                                                   idx.mutable_data_ptr<int64_t>()),
                     op);
@@ -81,16 +72,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, co
                                    at::IntArrayRef dil, bool ceil_mode) {
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "max_pool2d_backward";
+  Pool2dShape s = prepare_max_pool2d_backward(dy, x, indices, k, stride, pad, dil, ceil_mode, op);
+  check_cpu(x, op, "input");
   check_float_dtype(x, op);
-  check_cpu(dy, op, "grad_output");
-  check_cpu(indices, op, "indices");
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "fastconv.", op, ": expected grad_output of dtype ",
-              x.scalar_type(), ", got ", dy.scalar_type());
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "fastconv.", op, ": expected indices of dtype Long, got ",
-              indices.scalar_type());
-  Pool2dShape s = prepare_pool(x, k, stride, pad, dil, ceil_mode, op);
-  check_grad_output(dy, s, op, "grad_output");
-  check_grad_output(indices, s, op, "indices");
   const auto fmt = x.suggest_memory_format();
   at::Tensor dy_c = dy.contiguous(fmt);
   at::Tensor idx_c = like_layout(indices, dy_c);  // the kernel reads both through one stride set
@@ -106,25 +90,15 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, co
   return dx;
 }
 
-// The kernels take divisor_override <= 0 as "none"; a negative override is applied as its
-// magnitude and the result negated, which is exact in IEEE arithmetic.
-int64_t divisor_magnitude(std::optional<int64_t> divisor_override, const char* op, bool* negate) {
-  *negate = false;
-  if (!divisor_override.has_value()) return 0;
-  TORCH_CHECK(*divisor_override != 0, "fastconv.", op, ": divisor must be not zero");
-  *negate = *divisor_override < 0;
-  return *negate ? -*divisor_override : *divisor_override;
-}
-
 at::Tensor avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef stride, at::IntArrayRef pad,
                           bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "avg_pool2d";
-  check_float_dtype(x, op);
-  bool negate = false;
-  const int64_t divisor = divisor_magnitude(divisor_override, op, &negate);
   const std::vector<int64_t> one{1, 1};
   Pool2dShape s = prepare_pool(x, k, stride, pad, one, ceil_mode, op);
+  check_float_dtype(x, op);
+  bool negate = false;
+  const int64_t divisor = avg_pool_divisor(divisor_override, op, &negate);
   at::Tensor y = empty_pool_output(x, s.P, s.Q, x.scalar_type());
   if (y.numel() == 0) return y;
   s.x = strides4(x);
@@ -143,15 +117,11 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at
                                    bool count_include_pad, std::optional<int64_t> divisor_override) {
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "avg_pool2d_backward";
+  Pool2dShape s = prepare_avg_pool2d_backward(dy, x, k, stride, pad, ceil_mode, op);
+  check_cpu(x, op, "input");
   check_float_dtype(x, op);
-  check_cpu(dy, op, "grad_output");
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "fastconv.", op, ": expected grad_output of dtype ",
-              x.scalar_type(), ", got ", dy.scalar_type());
   bool negate = false;
-  const int64_t divisor = divisor_magnitude(divisor_override, op, &negate);
-  const std::vector<int64_t> one{1, 1};
-  Pool2dShape s = prepare_pool(x, k, stride, pad, one, ceil_mode, op);
-  check_grad_output(dy, s, op, "grad_output");
+  const int64_t divisor = avg_pool_divisor(divisor_override, op, &negate);
   const auto fmt = x.suggest_memory_format();
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   if (dx.numel() == 0) return dx;
@@ -166,28 +136,11 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at
   return dx;
 }
 
-Pool2dShape adaptive_shape(const at::Tensor& x, int64_t P, int64_t Q, const char* op) {
-  check_4d(x, op, "input");
-  for (int64_t d = 1; d < 4; ++d) {
-    TORCH_CHECK(x.size(d) > 0, "fastconv.", op,
-                ": Expected input to have non-zero size for non-batch dimensions, but input has sizes ", x.sizes(),
-                " with dimension ", d, " being empty");
-  }
-  Pool2dShape s;
-  s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
-  s.P = P; s.Q = Q;
-  return s;
-}
-
 at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef output_size) {
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "adaptive_avg_pool2d";
+  Pool2dShape s = prepare_adaptive_pool(x, output_size, op);
   check_float_dtype(x, op);
-  check_pair(output_size, op, "output_size");
-  TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, "fastconv.", op,
-              ": elements of output_size must be greater than or equal to 0 but received {", output_size[0], ", ",
-              output_size[1], "}");
-  Pool2dShape s = adaptive_shape(x, output_size[0], output_size[1], op);
   at::Tensor y = empty_pool_output(x, s.P, s.Q, x.scalar_type());
   if (y.numel() == 0) return y;
   s.x = strides4(x);
@@ -202,14 +155,9 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& x, at::IntArrayRef output_s
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& dy, const at::Tensor& x) {
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "adaptive_avg_pool2d_backward";
+  Pool2dShape s = prepare_adaptive_pool_backward(dy, x, op);
+  check_cpu(x, op, "input");
   check_float_dtype(x, op);
-  check_cpu(dy, op, "grad_output");
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "fastconv.", op, ": expected grad_output of dtype ",
-              x.scalar_type(), ", got ", dy.scalar_type());
-  check_4d(dy, op, "grad_output");
-  Pool2dShape s = adaptive_shape(x, dy.size(2), dy.size(3), op);
-  TORCH_CHECK(dy.size(0) == s.N && dy.size(1) == s.C, "fastconv.", op, ": grad_output of size ", dy.sizes(),
-              " does not match input of size ", x.sizes());
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
   if (dx.numel() == 0) return dx;
   s.x = strides4(dx);
@@ -242,12 +190,9 @@ BatchNormShape bn_shape(const at::Tensor& x4, const at::Tensor& y4) {
   return s;
 }
 
-// A dense [C] vector in dtype (None stays undefined); checks its length like torch.
-at::Tensor channel_vector(const std::optional<at::Tensor>& t, int64_t C, at::ScalarType dtype, const char* op,
-                          const char* name) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  check_cpu(*t, op, name);
-  check_bn_affine(*t, C, op, name);
+// A checked (prepare.h) parameter or statistic as a dense [C] vector in dtype; None stays undefined.
+at::Tensor channel_vector(const std::optional<at::Tensor>& t, int64_t C, at::ScalarType dtype) {
+  if (!has(t)) return at::Tensor();
   return t->to(dtype).contiguous().view({C});
 }
 
@@ -262,10 +207,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "batch_norm_train";
   check_float_dtype(x, op);
+  const int64_t C = prepare_bn(x, weight, bias, op);
+  check_cpu(x, op, "input");
   const at::Tensor x4 = as_bn4d(x, op, "input");
-  const int64_t C = x4.size(1);
-  const at::Tensor w = channel_vector(weight, C, x.scalar_type(), op, "weight");
-  const at::Tensor b = channel_vector(bias, C, x.scalar_type(), op, "bias");
+  const at::Tensor w = channel_vector(weight, C, x.scalar_type());
+  const at::Tensor b = channel_vector(bias, C, x.scalar_type());
   at::Tensor y4 = at::empty(x4.sizes(), x4.options().memory_format(x4.suggest_memory_format()));
   at::Tensor save_mean = at::empty({C}, x.options());
   at::Tensor save_invstd = at::empty({C}, x.options());
@@ -288,12 +234,14 @@ at::Tensor batch_norm_eval_cpu(const at::Tensor& x, const std::optional<at::Tens
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "batch_norm_eval";
   check_float_dtype(x, op);
+  const int64_t C = prepare_bn(x, weight, bias, op);
+  prepare_bn_stats(x, C, op, {{"running_mean", &running_mean}, {"running_var", &running_var}});
+  check_cpu(x, op, "input");
   const at::Tensor x4 = as_bn4d(x, op, "input");
-  const int64_t C = x4.size(1);
-  const at::Tensor w = channel_vector(weight, C, x.scalar_type(), op, "weight");
-  const at::Tensor b = channel_vector(bias, C, x.scalar_type(), op, "bias");
-  const at::Tensor rm = channel_vector(running_mean, C, x.scalar_type(), op, "running_mean");
-  const at::Tensor rv = channel_vector(running_var, C, x.scalar_type(), op, "running_var");
+  const at::Tensor w = channel_vector(weight, C, x.scalar_type());
+  const at::Tensor b = channel_vector(bias, C, x.scalar_type());
+  const at::Tensor rm = channel_vector(running_mean, C, x.scalar_type());
+  const at::Tensor rv = channel_vector(running_var, C, x.scalar_type());
   at::Tensor y4 = at::empty(x4.sizes(), x4.options().memory_format(x4.suggest_memory_format()));
   const BatchNormShape s = bn_shape(x4, y4);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_batch_norm_eval", [&] {
@@ -313,7 +261,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   FASTCONV_BELOW_AUTOGRAD();
   const char* op = "batch_norm_backward";
   check_float_dtype(x, op);
-  check_cpu(dy, op, "grad_output");
+  const int64_t C = prepare_bn(x, weight, std::nullopt, op);
+  prepare_bn_stats(x, C, op, {{"mean", &mean}, {"invstd", &invstd}});
+  check_same_device(op, {{"input", &x}, {"grad_output", &dy}, {"output", opt_ptr(output)}});
+  check_cpu(x, op, "input");
   TORCH_CHECK(dy.sizes() == x.sizes(), "fastconv.", op, ": grad_output of size ", dy.sizes(),
               " does not match input of size ", x.sizes());
   TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "fastconv.", op, ": expected grad_output of dtype ",
@@ -326,10 +277,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
                 " does not match input of size ", x.sizes());
   }
   const at::Tensor x4 = as_bn4d(x, op, "input");
-  const int64_t C = x4.size(1);
-  const at::Tensor w = channel_vector(weight, C, x.scalar_type(), op, "weight");
-  const at::Tensor m = channel_vector(mean, C, x.scalar_type(), op, "mean");
-  const at::Tensor is = channel_vector(invstd, C, x.scalar_type(), op, "invstd");
+  const at::Tensor w = channel_vector(weight, C, x.scalar_type());
+  const at::Tensor m = channel_vector(mean, C, x.scalar_type());
+  const at::Tensor is = channel_vector(invstd, C, x.scalar_type());
   // dy, y and dx share one stride set in the kernel: a dense layout in x's memory format.
   const at::Tensor dy4 = as_bn4d(dy, op, "grad_output").contiguous(x4.suggest_memory_format());
   at::Tensor y4;
@@ -365,10 +315,18 @@ void batch_norm_update_running_stats_cpu(const at::Tensor& running_mean, const a
   const int64_t count = count_sym.expect_int();  // SymInt in the schema so tracing keeps N symbolic
   const char* op = "batch_norm_update_running_stats_";
   check_float_dtype(save_mean, op);
-  for (const at::Tensor* t : {&running_mean, &running_var, &batch_var}) check_cpu(*t, op, "a running statistic");
+  check_same_device(op, {{"running_mean", &running_mean},
+                         {"running_var", &running_var},
+                         {"save_mean", &save_mean},
+                         {"batch_var", &batch_var}});
+  check_cpu(save_mean, op, "save_mean");
   const int64_t C = save_mean.numel();
-  TORCH_CHECK(batch_var.numel() == C && running_mean.numel() == C && running_var.numel() == C, "fastconv.", op,
-              ": running_mean, running_var, save_mean and batch_var must all have ", C, " elements");
+  check_bn_stat(save_mean, C, op, "save_mean");
+  check_bn_stat(batch_var, C, op, "batch_var");
+  check_bn_stat(running_mean, C, op, "running_mean");
+  check_bn_stat(running_var, C, op, "running_var");
+  check_running_stat_dtype(running_mean, save_mean, op, "running_mean");
+  check_running_stat_dtype(running_var, save_mean, op, "running_var");
   TORCH_CHECK(count >= 0, "fastconv.", op, ": count must be non-negative, got ", count);
   if (count == 0 || C == 0) return;  // an empty batch leaves the running statistics alone, as torch
   const auto dtype = save_mean.scalar_type();

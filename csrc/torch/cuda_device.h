@@ -11,7 +11,6 @@
 #include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
 
-#include <array>
 #include <string>
 
 #if defined(FASTCONV_EMU_BINDING)
@@ -41,17 +40,4 @@ constexpr const char* kCudaDeviceWord = "CUDA";
 inline std::string emu_take_fault_report() { return ""; }
 #endif
 
-// The CUDA algorithm table's answer for a configuration (cuda_ops.cpp), exposed to Python by the
-// module that holds the binding (fastconv._C on a CUDA build, fastconv._C_emu) as cuda_conv_query.
-struct CudaConvQuery {
-  bool ok;
-  std::string reason;
-  int64_t workspace_bytes;
-};
-CudaConvQuery cuda_conv_query(const std::string& algo, int dir, const std::array<int64_t, 4>& in,
-                              const std::array<int64_t, 4>& wt, const std::array<int64_t, 6>& geom, int64_t groups,
-                              int elem_bytes, bool channels_last, int64_t workspace_limit);
-
-// Python wrapper: cuda_conv_query(algo, dir, (N,C,H,W), (K,Cg,R,S), (sh,sw,ph,pw,dh,dw), groups,
-// elem_bytes, channels_last, workspace_limit) -> (ok, reason, workspace_bytes).
 }  // namespace fastconv

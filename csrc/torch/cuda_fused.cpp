@@ -5,7 +5,7 @@
 //   order: checks -> CUDAGuard -> current stream -> channels_last operands (the kernel's layout; the
 //   output is converted back to conv_output_format at the end) -> empty early return ->
 //   can_implement -> launch -> cudaError_t check.
-// any other algo: the conv2d op (cuda_ops.cpp, through the dispatcher) then the epilogue as ATen
+// any other algo: the conv2d op (cuda_conv.cpp, through the dispatcher) then the epilogue as ATen
 //   ops in the accumulation dtype, rounded once to the output dtype — the same numerics as the fused
 //   kernel, one extra pass over y.
 // Compiled only against a CUDA build of torch (setup.py), syntax-checked by scripts/check_cuda_binding.sh.
@@ -18,19 +18,15 @@
 #include <optional>
 #include <string>
 
-#include "checks.h"
-#include "cuda_device.h"
-#include "fastconv/cuda_api.h"
+#include "cuda_common.h"
 #include "fused_checks.h"
 
 namespace fastconv {
 namespace {
 
-using c10::MemoryFormat;
+using namespace cuda_binding;
 
 constexpr const char* kOp = "conv2d_fused";
-
-at::ScalarType acc_type(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
 // torch.ops.fastconv.conv2d for the current dispatch key set (we run below autograd: the CUDA kernel).
 at::Tensor call_conv2d(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
@@ -63,9 +59,8 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   FASTCONV_BELOW_AUTOGRAD();
   check_4d(input, kOp, "input");
   check_4d(weight, kOp, "weight");
-  TORCH_CHECK(on_cuda_device(input) && weight.device() == input.device(), "fastconv.", kOp,
-              ": expected all tensors to be on the same device, but found input on ", input.device(),
-              " and weight on ", weight.device());
+  check_same_device(kOp, {{"input", &input}, {"weight", &weight}});
+  check_on_cuda(input, kOp, "input");
   check_fused_devices(input, scale, bias, residual, kOp);
   check_channel_param(scale, "scale", weight.size(0), kOp);
   check_channel_param(bias, "bias", weight.size(0), kOp);
@@ -79,12 +74,9 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
     return y;
   }
 
+  Conv2dShape s = prepare_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, kOp);
+  check_dtype_in(input, {at::kHalf, at::kBFloat16}, kOp, "CUDA algo 'implicit_gemm'");
   const at::ScalarType st = input.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kHalf || st == at::kBFloat16, "fastconv.", kOp,
-                   ": CUDA algo 'implicit_gemm' supports float16 and bfloat16, got ", st);
-  TORCH_CHECK(weight.scalar_type() == st, "fastconv.", kOp, ": Input type (", st, ") and weight type (",
-              weight.scalar_type(), ") should be the same");
-  Conv2dShape s = conv_shape_from_sizes(input.sizes(), weight.sizes(), stride, padding, dilation, groups, kOp);
 
   CudaDeviceGuard guard(input.device());
   const cudaStream_t stream = current_cuda_stream();
@@ -94,7 +86,7 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(kfmt));
   check_residual(residual, y, kOp);
   if (y.numel() == 0) return y.contiguous(fmt);
-  if (input.numel() == 0) {  // an all-padding window (H or W = 0): every conv output is 0
+  if (input.numel() == 0) {  // C == 0: every conv output is 0
     y.zero_();
     aten_epilogue(y, scale, bias, residual, relu);
     return y.contiguous(fmt);
@@ -128,8 +120,7 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
         res.defined() ? reinterpret_cast<const __nv_bfloat16*>(res.const_data_ptr()) : nullptr, relu,
         reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), nullptr, 0, stream);
   }
-  TORCH_CHECK(err == cudaSuccess, "fastconv.", kOp, " (algo='implicit_gemm'): CUDA error ", static_cast<int>(err),
-              ": ", cudaGetErrorString(err), err == cudaSuccess ? "" : emu_take_fault_report());
+  check_cuda(err, kOp, "implicit_gemm");
   return y.contiguous(fmt);
 }
 

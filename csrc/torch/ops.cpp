@@ -7,9 +7,8 @@
 #include <torch/version.h>
 
 #include "checks.h"
-#ifdef FASTCONV_WITH_CUDA
-#include "cuda_query_py.h"
-#endif
+#include "conv_query_py.h"
+#include "workspace_py.h"
 
 namespace fastconv {
 namespace {
@@ -81,8 +80,9 @@ TORCH_LIBRARY(fastconv, m) {
         "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu, str algo) -> Tensor");
 }
 
-// fastconv._C is imported for its side effect (the registrations above); it also answers two
-// build questions without pulling pybind11 into the build.
+// fastconv._C is imported for its side effect (the registrations above); it also answers the build
+// questions, the algorithm tables' queries (conv_query.h) and holds the workspace limit
+// (workspace.h), without pulling pybind11 into the build.
 static PyObject* py_built_with_cuda(PyObject*, PyObject*) {
   return PyBool_FromLong(fastconv::built_with_cuda() ? 1 : 0);
 }
@@ -92,9 +92,11 @@ static PyObject* py_cuda_arch_list(PyObject*, PyObject*) {
 static PyMethodDef fastconv_methods[] = {
     {"built_with_cuda", py_built_with_cuda, METH_NOARGS, "True if the CUDA kernels were compiled."},
     {"cuda_arch_list", py_cuda_arch_list, METH_NOARGS, "The CUDA archs the kernels were compiled for."},
+    FASTCONV_CPU_QUERY_METHOD,
 #ifdef FASTCONV_WITH_CUDA
     FASTCONV_CUDA_QUERY_METHOD,
 #endif
+    FASTCONV_WORKSPACE_METHODS,
     {nullptr, nullptr, 0, nullptr}};
 static struct PyModuleDef fastconv_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastconv_methods,
                                              nullptr, nullptr, nullptr, nullptr};
