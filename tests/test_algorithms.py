@@ -205,3 +205,29 @@ def test_cuda_tensor_core_rule_picks_implicit_gemm(pretend_cuda):
 
 def test_available_algorithms_unchanged():
     assert fastconv.available_algorithms("cpu") == ["auto", "direct", "im2col", "gemm1x1"]
+
+
+def test_cpu_im2col_counts_one_column_buffer_per_task_and_keeps_the_limit():
+    # CPU im2col allocates one column buffer per concurrent at::parallel_for task: the binding's plan
+    # (asked through kernel_query) counts them all, and under a limit that fits one buffer but not
+    # two it runs one task at a time (the op still matches torch).
+    p = problem(N=4, C=8, K=4, H=10, W=10, R=3, S=3, padding=1)
+    col = 8 * 9 * 100 * 4
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ok, _, used = algorithms.kernel_query("im2col", p, 0, 1 << 30)
+        assert ok and used == 2 * col  # two workers, two buffers
+        ok, _, used = algorithms.kernel_query("im2col", p, 0, col + col // 2)
+        assert ok and used == col
+        ok, why, least = algorithms.kernel_query("im2col", p, 0, col - 1)
+        assert not ok and "workspace limit" in why and least == col
+        x, w = torch.randn(4, 8, 10, 10), torch.randn(4, 8, 3, 3)  # float32, as p
+        fastconv._ext.set_workspace_limit(col + col // 2)
+        try:
+            y = torch.ops.fastconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, "im2col")
+        finally:
+            fastconv._ext.set_workspace_limit(backends.workspace_limit_mb << 20)
+        torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-5)
+    finally:
+        torch.set_num_threads(old)
