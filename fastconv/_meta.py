@@ -130,6 +130,7 @@ def _batch_norm_update_running_stats_fake(running_mean, running_var, save_mean, 
 
 
 # conv2d_fused's fake kernel lives beside the fused op's Python code but must be registered here.
-from fastconv._meta_fused import conv2d_fused_fake  # noqa: E402
+from fastconv._meta_fused import conv2d_bn_train_fake, conv2d_fused_fake  # noqa: E402
 
 torch.library.register_fake(_lib + "conv2d_fused")(conv2d_fused_fake)
+torch.library.register_fake(_lib + "conv2d_bn_train")(conv2d_bn_train_fake)

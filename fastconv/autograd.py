@@ -626,3 +626,54 @@ def register_all() -> None:
 
 
 register_all()
+
+
+# ---- conv2d_bn_train (training conv -> BN -> ReLU with the statistics from the conv) ------------------
+# Backward: batch_norm_backward(train=True) over the saved conv_out gives d conv_out (plus any gradient
+# arriving at conv_out itself), d bn_weight and d bn_bias; then conv2d_dgrad / conv2d_wgrad. The batch
+# statistics are not differentiable outputs (as batch_norm_train's). No torch.func twin: under a
+# transform torch refuses the op's registered autograd with its own message.
+def _conv_bn_train_setup(ctx, inputs, output):
+    x, w, bn_w, bn_b, stride, padding, dilation, groups, eps, relu, algo = inputs
+    out, conv_out, mean, invstd, var = output
+    ctx.mark_non_differentiable(mean, invstd, var)
+    need_x, need_w = ctx.needs_input_grad[:2]
+    ctx.save_for_backward(x if need_w else None, w if need_x else None, conv_out, out if relu else None, bn_w,
+                          mean, invstd)
+    ctx.params = (stride, padding, dilation, groups, backward_algo(algo, x.device.type))
+    ctx.x_shape, ctx.w_shape = x.shape, w.shape
+    ctx.relu, ctx.eps = relu, eps
+    ctx.param_shapes = _shapes(bn_w, bn_b)
+
+
+def _conv_bn_train_backward(ctx, g_out, g_conv, _gm, _gi, _gv):
+    x, w, conv, out, bn_w, mean, invstd = ctx.saved_tensors
+    need_x, need_w, need_bw, need_bb = ctx.needs_input_grad[:4]
+    need_conv = need_x or need_w
+    gc = gbw = gbb = None
+    if g_out is not None and (need_conv or need_bw or need_bb):
+        w_flat = bn_w.reshape(-1) if bn_w is not None else None
+        if _transformed() or (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (g_out, conv, w_flat))):
+            gc, gbw, gbb = _bn_backward_composite(g_out, conv, out, w_flat, mean, invstd, True, ctx.relu, ctx.eps)
+        else:
+            mask = [bool(need_conv), bool(need_bw and bn_w is not None), bool(need_bb)]
+            gc, gbw, gbb = ops.batch_norm_backward(g_out, conv, out, bn_w, mean, invstd, True, ctx.relu, mask)
+            gc = gc if mask[0] else None
+        w_shape, b_shape = ctx.param_shapes
+        gbw = gbw.reshape(w_shape) if need_bw and bn_w is not None else None
+        gbb = gbb.reshape(b_shape) if need_bb else None
+    if g_conv is not None and need_conv:
+        gc = g_conv if gc is None else gc + g_conv
+    gx = gw = None
+    if need_conv and gc is not None:
+        stride, padding, dilation, groups, balgo = ctx.params
+        gc = gc.to(conv.dtype)
+        if need_x:
+            gx = call("conv2d_dgrad", gc, w, list(ctx.x_shape), stride, padding, dilation, groups, balgo)
+        if need_w:
+            gw = call("conv2d_wgrad", gc, x, list(ctx.w_shape), stride, padding, dilation, groups, balgo)
+    return gx, gw, gbw, gbb, None, None, None, None, None, None, None
+
+
+_register("conv2d_bn_train", _conv_bn_train_backward, _conv_bn_train_setup)

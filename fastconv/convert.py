@@ -178,11 +178,17 @@ def convert(model: nn.Module, inplace: bool = False, algo: str = "auto", verbose
 
 def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """The inverse of convert: fastconv layers become their torch.nn twins, sharing parameters
-    when inplace=True (a deep copy otherwise)."""
+    when inplace=True (a deep copy otherwise). A fused model (fuse_for_inference / fuse_for_training)
+    is unfused first (fastconv.unfuse); the result may then be a new root module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"fastconv.revert: expected an nn.Module, got {type(model).__name__}")
+    from fastconv import fuse  # (fuse imports this module)
+
+    fuse._repair(model)  # (an unpickled fused GraphModule: what its deepcopy must keep)
     if not inplace:
         model = copy.deepcopy(model)
+    if fuse.is_fused(model):  # fused layers first become the layers they were
+        model = fuse.unfuse(model, inplace=True)
     for m in model.modules():
         if type(m) is fm.BatchNormReLU2d:
             raise ValueError("fastconv.revert: BatchNormReLU2d has no single torch.nn twin; "

@@ -281,17 +281,61 @@ def test_bad_argument_exit_status_from_the_shell(tmp_path):
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_model_mode_on_a_real_model():
-    # fastconv.models' ResNet-18: the torch baseline is its torch.nn twin, the fused variant folds BN.
-    s = runner.Settings(mode="inference", model="resnet18", batches=[1], quick=True, rounds=2, warmup=1,
-                        max_total_s=0.05)
-    recs = runner.run_models(s, progress=False)
-    by = {r["algo"]: r for r in recs}
-    assert {"eager", "converted", "converted+fused"} <= set(by)
-    assert by["eager"]["impl"] == "torch"
-    for variant in ("converted", "converted+fused"):
-        assert by[variant]["impl"] == "fastconv"
-        assert 0 < by[variant]["max_rel_err"] < 1e-4  # different kernels: never bit-identical to torch
+def test_inference_quick_run_reports_the_four_variants_side_by_side(tmp_path, capsys):
+    # fastconv.models' ResNet-18 through the CLI: torch eager (its torch.nn twin), fastconv (converted),
+    # fastconv fused and torch.compile, on the same input; --quick skips compile and says why.
+    assert main(["bench", "--mode", "inference", "--model", "resnet18", "--quick", "--device", "cpu", "--no-progress",
+                 "--no-plots", "--rounds", "3", "--max-time", "0.05", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    labels = [cell.strip() for line in table.splitlines() if line.startswith("resnet18 ")
+              for cell in [re.split(r"\s{2,}", line)[3]]]
+    assert labels == ["torch eager", "fastconv", "fastconv fused", "torch.compile"]
+    recs = {r["algo"]: r for r in results.load(str(tmp_path / "results.json"))["records"]}
+    assert list(recs) == list(results.VARIANTS) and recs["eager"]["impl"] == "torch"
+    assert {r["batch"] for r in recs.values()} == {1} and {r["dtype"] for r in recs.values()} == {"fp32"}
+    for variant in ("converted", "fused"):
+        assert recs[variant]["impl"] == "fastconv"
+        assert 0 < recs[variant]["max_rel_err"] < 1e-4  # different kernels: never bit-identical to torch
+    fusion = recs["fused"]["fusion"]
+    assert fusion["fuse"] == "fuse_for_inference"
+    if "counts" in fusion:  # fastconv.fuse.FusionSummary: every one of ResNet-18's 20 convs is fused
+        assert sum(fusion["counts"].values()) == 20 and fusion["left_unfused"] == 0
+    assert recs["torch.compile"]["skipped"].startswith("--quick skips it") and "stats" not in recs["torch.compile"]
+
+
+def test_fused_variant_is_built_in_one_place():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU()).eval()
+    fused = runner.build_variant(net, "fused", train=False)
+    from fastconv import modules as fm
+
+    assert type(fused.get_submodule("1")) not in (torch.nn.BatchNorm2d, fm.BatchNorm2d)  # no BN of its own
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fused(x), net(x), rtol=1e-4, atol=1e-5)
+    assert type(runner.build_variant(net, "converted+fused", train=False)) is type(fused)  # the old name:
+    assert runner.build_variant(net, "converted+fused", train=True) is None                 # inference only
+    import fastconv
+
+    if hasattr(fastconv, "fuse_for_training"):
+        assert runner.build_variant(net, "fused", train=True) is not None
+    else:
+        with pytest.raises(NotImplementedError, match="fuse_for_training"):
+            runner.build_variant(net, "fused", train=True)
+    with pytest.raises(ValueError, match="unknown variant"):
+        runner.build_variant(net, "nope", train=False)
+    assert results.variant_name("fused") == "fastconv fused" and results.variant_name("eager") == "torch eager"
+
+
+def test_compile_skip_is_a_record_with_its_reason(monkeypatch):
+    monkeypatch.setattr(runner, "compile_unavailable", lambda device: "torch.compile unavailable: no C++ compiler")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    net(torch.randn(1, 3, 224, 224))
+    monkeypatch.setattr(runner, "get_model", lambda name: net)
+    s = runner.Settings(mode="inference", model="resnet18", batches=[1], rounds=3, warmup=1, max_total_s=0.02)
+    recs = {r["algo"]: r for r in runner.run_models(s, progress=False)}
+    assert recs["torch.compile"]["skipped"] == "torch.compile unavailable: no C++ compiler"
+    rows = report.model_rows({"records": list(recs.values())})
+    assert rows[-1][report.MODEL_COLUMNS.index("variant")] == "torch.compile" and rows[-1][4] == "skipped"
 
 
 def test_model_mode_records(monkeypatch):
@@ -367,7 +411,7 @@ def test_bench_runs_a_zoo_model_without_a_paper_table(mode, tmp_path, capsys):
     recs = [r for r in run["records"] if "stats" in r]
     assert recs and all(r["model"] == "lenet5" for r in recs)
     if mode == "inference":
-        assert [r["algo"] for r in recs] == ["eager", "converted", "converted+fused"]
+        assert [r["algo"] for r in recs] == ["eager", "converted", "fused"]
         assert "torch eager" in capsys.readouterr().out
     else:
         assert {r["layer"] for r in recs} >= {"features.0", "features.2"}  # conv 5x5 1->6 @32, its avg pool
@@ -506,3 +550,71 @@ def test_comparison_plots_readable_at_their_size(plt, tmp_path):
                                                plots.roofline_figure: plots.ROOFLINE}[fig_fn]]]) == \
             (round(w * plots.DPI), round(h * plots.DPI))
         plt.close(fig)
+
+
+# ---- bytes and roofline predictions (fastconv/bench/bytes.py, issue 15 item 5) --------------------------
+def _tiny_conv_bn_relu():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
+                               torch.nn.ReLU())
+
+
+def test_bytes_of_one_conv_bn_relu_by_hand():
+    from fastconv.bench import bytes as B
+
+    nodes = B.trace(_tiny_conv_bn_relu(), batch=2, input_shape=(3, 8, 8))
+    # fp16 activations and weights, float32 BN vectors: x = 2*3*8*8*2 = 768 B, y = 2*4*8*8*2 = 1024 B
+    # (conv, BN and ReLU outputs alike), w = 4*3*3*3*2 = 216 B, one BN vector = 4*4 = 16 B.
+    x, y, w, v = 768, 1024, 216, 16
+    flops = 2 * (2 * 4 * 8 * 8) * (3 * 3 * 3)
+
+    def total(fused, train):
+        ks = B.count_kernels(nodes, "fp16", fused=fused, train=train)
+        return sum(k.bytes for k in ks), len(ks), sum(k.flops for k in ks)
+
+    # inference, unfused: conv (x, w -> y), BN apply (y + mean, var, gamma, beta -> y), ReLU (y -> y)
+    assert total(False, False) == ((x + w + y) + (y + 4 * v + y) + (y + y), 3, flops)
+    # inference, fused: one conv2d_fused kernel reading x, w and the four BN vectors, writing y
+    assert total(True, False) == (x + w + 4 * v + y, 1, flops)
+    # training, unfused. forward: conv; BN stats (y + running mean/var -> mean, var, running mean/var);
+    # BN apply; ReLU. backward: ReLU (dy, out -> dz); BN reduce (dz, y, mean/invstd -> 2 sums); BN dx
+    # (dz, y + 6 vectors -> dx); no dgrad into the image; wgrad (dy, x -> dw).
+    unfused = ((x + w + y) + (y + 2 * v + 4 * v) + (y + 4 * v + y) + (y + y)
+               + (2 * y + y) + (2 * y + 2 * v + 2 * v) + (2 * y + 6 * v + y) + (y + x + w))
+    assert total(False, True) == (unfused, 8, 2 * flops)
+    # training, fused: conv + statistics epilogue (writes y and one partial (sum, sumsq) per 128 output
+    # rows: 2*8*8 = 128 rows -> 1 tile -> 2*4 floats = 2 v); finalize (partials + running -> mean,
+    # invstd, running); apply+ReLU; BN backward reduce and dx (dy and conv_out; the ReLU mask is
+    # recomputed from conv_out, no residual); wgrad.
+    fused = ((x + w + y + 2 * v) + (2 * v + 2 * v + 4 * v) + (y + 4 * v + y)
+             + (2 * y + 4 * v + 2 * v) + (2 * y + 6 * v + y) + (y + x + w))
+    assert total(True, True) == (fused, 6, 2 * flops)
+    assert B.elem_size("bf16") == B.elem_size("fp16") == 2
+
+
+def test_bytes_fused_below_unfused_for_resnet50():
+    from fastconv.bench import bytes as B
+
+    rows = {(r["pass_"], r["fused"]): r for r in B.predict("resnet50", batch=256, dtype="fp16")}
+    for p in ("inference", "train step"):
+        assert rows[(p, True)]["bytes"] < rows[(p, False)]["bytes"]
+        assert rows[(p, True)]["t_roofline_s"] < rows[(p, False)]["t_roofline_s"]
+    # conv + fc FLOPs: 2 * 4.089 G multiply-adds per image (the profile's count), x3 for a training step
+    # less the first conv's dgrad (no gradient into the image)
+    assert rows[("inference", False)]["flops"] == pytest.approx(2 * 4.089e9 * 256, rel=1e-3)
+    conv1 = 2 * 256 * 64 * 112 * 112 * 3 * 7 * 7
+    assert rows[("train step", True)]["flops"] == 3 * rows[("inference", True)]["flops"] - conv1
+    groups = B.fusion_groups(B.trace("resnet50", batch=1))
+    assert len(groups) == 53 and sum(g.residual is not None for g in groups.values()) == 16
+    assert sum(g.relu is not None for g in groups.values()) == 49  # every conv but the 4 projection shortcuts
+    ks = B.count_kernels(B.trace("resnet50", batch=1), "bf16", fused=True)
+    assert len(ks) == 53 + 3  # one kernel per conv, then max pool, average pool, fc
+
+
+def test_bench_bytes_cli(tmp_path, capsys):
+    assert main(["bench", "--bytes", "resnet18", "--batch", "8", "--dtype", "bf16", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "predictions, not measurements" in out and "fused" in out and "unfused" in out
+    rows = json.loads((tmp_path / "bytes.json").read_text())
+    assert [(r["pass_"], r["fused"]) for r in rows] == [("inference", False), ("inference", True),
+                                                       ("train step", False), ("train step", True)]
+    assert all(r["batch"] == 8 and r["dtype"] == "bf16" for r in rows)

@@ -213,3 +213,60 @@ def test_conv2d_fused_autograd_through_implicit_gemm():
     y.sum().backward()
     assert xh.grad is not None and wh.grad is not None
     assert torch.isfinite(xh.grad).all() and torch.isfinite(wh.grad).all()
+
+
+# ---- conv2d_bn_train: the implicit-GEMM statistics epilogue ----------------------------------------------
+# The kernel stores conv_out and per-warp-slot Welford partials of it; a finalize kernel merges them in a
+# fixed order. Covered: the 16-byte path (C = K = 16), the element-wise path with M and K tails (C = 12,
+# K = 10), groups (one grid z per group, channels offset by g·Kg).
+BN_CONVS = [("c16_k16_8x8", 2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1), CONVS[2], CONVS[4]]
+
+
+def _bn_stats(t: torch.Tensor):
+    t = t.double()
+    return t.mean((0, 2, 3)), t.var((0, 2, 3), unbiased=False)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["f16", "bf16"])
+@pytest.mark.parametrize("cfg", BN_CONVS, ids=[c[0] for c in BN_CONVS])
+def test_conv2d_bn_train_implicit_gemm(cfg, dtype):
+    x, w, stride, pad, dil, groups = _conv_inputs(cfg, "channels_last")
+    k = w.shape[0]
+    bw, bb = _randn((k,), 3, scale=0.25, mean=1.0).float(), _randn((k,), 4).float()
+    args = (x.to(dtype), w.to(dtype), bw, bb, stride, pad, dil, groups, 1e-5, True, "implicit_gemm")
+    out, conv, mean, invstd, var = ops.conv2d_bn_train(*args)
+    assert conv.dtype == out.dtype == dtype and mean.dtype == invstd.dtype == var.dtype == torch.float32
+    r_conv = F.conv2d(x, w, None, stride, pad, dil, groups)
+    r_mean, r_var = _bn_stats(r_conv)
+    r_out = F.relu(F.batch_norm(r_conv, None, None, bw.double(), bb.double(), training=True))
+    t_conv = F.conv2d(x.to(dtype), w.to(dtype), None, stride, pad, dil, groups)
+    t_mean, t_var = _bn_stats(t_conv.float())
+    t_out = F.relu(F.batch_norm(t_conv.float(), None, None, bw, bb, training=True)).to(dtype)
+    _assert_within_2x("conv_out", conv, t_conv, r_conv, dtype)
+    _assert_within_2x("mean", mean, t_mean, r_mean, dtype)
+    _assert_within_2x("var", var, t_var, r_var, dtype)
+    _assert_within_2x("out", out, t_out, r_out, dtype)
+    # The statistics are those of the returned (rounded) conv_out, to float32 accuracy.
+    c_mean, c_var = _bn_stats(conv)
+    torch.testing.assert_close(mean.double(), c_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), c_var, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(invstd, torch.rsqrt(var + 1e-5), rtol=1e-6, atol=0)
+    # Deterministic: fixed-order partials and merge, the same bits every run.
+    again = ops.conv2d_bn_train(*args)
+    for a, b in zip((out, conv, mean, invstd, var), again):
+        assert torch.equal(a, b)
+
+
+def test_conv2d_bn_train_implicit_gemm_large_mean():
+    # A conv output whose mean is large next to its spread: the Welford/Chan partials keep the variance
+    # (mean/std ~ 150 here: Σ and Σ² in float32 would lose ~ (mean/std)²·2^-24 ≈ 1e-3 of it).
+    cfg = BN_CONVS[0]
+    x, w, stride, pad, dil, groups = _conv_inputs(cfg, "channels_last")
+    x = (x * 0.5 + 8.0).contiguous(memory_format=torch.channels_last)
+    w = (w.abs() + 0.05).contiguous(memory_format=torch.channels_last)
+    _, conv, mean, _, var = ops.conv2d_bn_train(x.half(), w.half(), None, None, [1, 1], [0, 0], dil, groups, 1e-5,
+                                                False, "implicit_gemm")
+    c_mean, c_var = _bn_stats(conv)
+    assert (c_mean.abs() > 20 * c_var.sqrt()).all()  # the regime this test is about
+    torch.testing.assert_close(mean.double(), c_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), c_var, rtol=1e-4, atol=0)

@@ -7,6 +7,8 @@ Full-size counts run on the meta device (shapes only), so every model is checked
 input size without a real forward; real forwards use small inputs to keep the suite fast.
 """
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -494,3 +496,74 @@ def test_cuda_parity_with_torchvision(i, amp):
     for k, (r, t, o) in enumerate(zip(*grads)):
         s = max(1.0, r.abs().max().item())
         assert _err(o, r) <= 2 * _err(t, r) + floor * s, k
+
+
+# ---- fused=True (issue 15 item 4): every builder, through fastconv.fuse_for_training ------------------
+
+
+def test_every_builder_takes_fused():
+    for name in ALL:
+        p = inspect.signature(getattr(M, name)).parameters.get("fused")
+        assert p is not None and p.default is False and p.kind is p.POSITIONAL_OR_KEYWORD, name
+    r = meta_model("resnet18", fused=False)  # fused=False: the unfused model, BN layers and all
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in r.modules()) == 20
+    f = meta_model("resnet18", fused=True)  # fused=True: conv+BN(+ReLU, +residual) as ConvBNAct2d each
+    assert sum(isinstance(m, fastconv.fused.ConvBNAct2d) for m in f.modules()) == 20
+
+
+def _random_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # non-trivial statistics and affine parameters, so folding is not a no-op
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
+def _pair(name, **kw):
+    torch.manual_seed(0)
+    ref = _random_bn(M.get_model(name, num_classes=10, **kw).double())
+    fused = M.get_model(name, num_classes=10, fused=True, **kw).double()
+    fused.load_state_dict(ref.state_dict())  # strict: fusion keeps the unfused parameter and buffer names
+    return ref, fused
+
+
+def _rel(a, b):
+    a, b = (a[0] if isinstance(a, tuple) else a), (b[0] if isinstance(b, tuple) else b)
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.mark.parametrize("name, size, kw", [
+    ("resnet18", 32, {}), ("resnet50", 32, {}), ("resnext50_32x4d", 32, {}), ("googlenet", 48, {}),
+    ("inception_v3", 75, {"aux_logits": False}),
+])
+def test_fused_model_matches_unfused_in_float64_eval(name, size, kw):
+    ref, fused = _pair(name, **kw)
+    assert any(type(m).__name__ == "ConvBNAct2d" for m in fused.modules()), "nothing was fused"
+    assert getattr(fused, "fastconv_fusion_summary", None) is not None
+    ref.eval()
+    fused.eval()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        assert _rel(ref(x), fused(x)) <= 1e-10
+
+
+def test_fused_resnet18_trains_like_unfused():
+    ref, fused = _pair("resnet18")
+    ref.train()
+    fused.train()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ya, yb = ref(x), fused(x)
+    assert _rel(ya, yb) <= 1e-10
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    pa, pb = dict(ref.named_parameters()), dict(fused.named_parameters())
+    assert set(pa) == set(pb)
+    for n, p in pa.items():
+        assert _rel(p.grad, pb[n].grad) <= 1e-8, n
+    sb = fused.state_dict()
+    for n, v in ref.state_dict().items():  # running statistics updated alike
+        assert torch.allclose(v.double(), sb[n].double(), rtol=1e-10, atol=1e-12), n

@@ -27,7 +27,8 @@ def test_fastconv_namespace_is_intended():
     assert not stray, f"unintended public names in fastconv: {sorted(stray)}"
     assert all(hasattr(fastconv, n) for n in fastconv.__all__)
     assert not [n for n in public if inspect.ismodule(getattr(fastconv, n)) and n not in submodules]
-    assert {"convert", "revert", "explain", "Conv2d", "onnx", "models"} <= public
+    assert {"convert", "revert", "explain", "Conv2d", "onnx", "models", "fuse_for_inference", "fuse_for_training",
+            "unfuse"} <= public
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

@@ -40,6 +40,21 @@
 //          k-tiles (blockIdx.z = slice·groups + g). A (MN-major) = dy as [N·P·Q][Kg]; B (MN-major) =
 //          x gathered as [N·P·Q][R·S·Cg]. Epilogue: FP32 partial sums into the workspace slice; then
 //          wgrad_reduce_kernel (one thread per dw element) adds the slices in order and rounds to T.
+// fprop with batch statistics (conv2d_bn_train): igemm_kernel<Cfg, T, kFprop, kVec, kStats = true>
+//   stores plain y and, from the same registers, per-channel Welford/Chan partials of the rounded y
+//   (what the caller gets back and what BN normalises): each lane takes its 2·kMmaM rows per channel
+//   two-pass in registers (mean, then Σ(v − mean)², exact values already at hand), the 8 lanes sharing
+//   a channel column merge by Chan's formula over __shfl_xor 4, 8, 16, and lane (l < 4) writes the
+//   warp's (mean, M2) for its WM rows to ws as partial[slot][k], slot = blockIdx.x·kWarpsM + warp_m:
+//   one writer per element, no atomics, no shared memory, no extra barrier. The count of a slot is
+//   implicit (min(WM, M − slot·WM) rows), so the partials cost 8 bytes per channel per 32 or 64 rows.
+//   bn_stats_finalize_kernel (one block per channel) merges the slots in a fixed order (strided
+//   per-thread runs, then a fixed tree) in double and writes save_mean, batch_var (biased) and
+//   save_invstd = 1/sqrt(var + eps). Deterministic: the same bits on every run.
+//   Why (mean, M2) rather than (Σ, Σ²): a conv output's mean is often large next to its spread (a
+//   ReLU'd input through positive filters); Σ² − (Σ)²/n in FP32 then cancels catastrophically
+//   (variance < 0 or all of its digits lost), while the Chan merge only ever adds non-negative M2s
+//   and a δ² term, as batchnorm2d.cu does for the unfused path.
 // float/TF32 is not implemented.
 #include <algorithm>
 #include <initializer_list>
@@ -105,6 +120,7 @@ struct IgemmParams {
   const T* dy;      // dgrad, wgrad: the output gradient (dense NPQK)
   T* out;           // fprop: y, dgrad: dx (dense NHWC)
   float* partial;   // wgrad: [splits][K][R·S·Cg] FP32 partial sums
+  float2* stats;    // fprop with statistics: [ceil(M/BM)·kWarpsM][K] (mean, M2) per warp slot
   ConvEpilogue<T> epi;
   int H, W, P, Q, S, Cg, Kg, K;
   int pad_h, pad_w, stride_h, stride_w, dil_h, dil_w;
@@ -484,8 +500,21 @@ __device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4]
 
 // ---- the kernel -------------------------------------------------------------------------------------
 
-template <typename Cfg, typename T, ConvDir kDir, bool kVec>
+// Chan's parallel merge of (count, mean, M2) b into a (Welford's running form for two groups).
+template <typename F>
+__device__ __forceinline__ void chan_merge(F& n, F& mean, F& m2, F nb, F mb, F m2b) {
+  const F nt = n + nb;
+  if (nb == F(0)) return;
+  const F delta = mb - mean;
+  const F fb = nb / nt;
+  mean += delta * fb;
+  m2 += m2b + delta * delta * n * fb;
+  n = nt;
+}
+
+template <typename Cfg, typename T, ConvDir kDir, bool kVec, bool kStats = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmParams<T> p) {
+  static_assert(!kStats || kDir == ConvDir::kFprop, "batch statistics are an fprop epilogue");
   constexpr int BM = Cfg::kBM, WM = Cfg::kWM, WN = Cfg::kWN;
   constexpr int kStages = Cfg::kStages, kMmaM = Cfg::kMmaM, kMmaN = Cfg::kMmaN;
   FC_DYNAMIC_SHARED(128, unsigned char, smem);
@@ -599,6 +628,91 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
       }
     }
   }
+
+  if constexpr (kStats) {
+    // Per warp slot and channel column: (mean, M2) of the rounded outputs of its rows below M. Every
+    // lane runs this (the shuffles need all 32); rows past M and channels past Kg are left out.
+    const int slot_m0 = m0 + warp_m * WM;
+    float2* part = p.stats + (static_cast<int64_t>(blockIdx.x) * Cfg::kWarpsM + warp_m) * p.K +
+                   static_cast<int64_t>(g) * p.Ngemm;
+#pragma unroll
+    for (int j = 0; j < kMmaN; ++j) {
+      const int jj = n0 + warp_n * WN + j * 8 + (lane & 3) * 2;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float n = 0.f, sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < kMmaM; ++i)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int m = slot_m0 + i * 16 + (lane >> 2) + half * 8;
+            if (m < p.M) {
+              n += 1.f;
+              sum += to_acc<T>(from_acc<T>(acc[i][j][2 * half + c]));
+            }
+          }
+        float mean = n > 0.f ? sum / n : 0.f, m2 = 0.f;
+#pragma unroll
+        for (int i = 0; i < kMmaM; ++i)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int m = slot_m0 + i * 16 + (lane >> 2) + half * 8;
+            if (m < p.M) {
+              const float d = to_acc<T>(from_acc<T>(acc[i][j][2 * half + c])) - mean;
+              m2 += d * d;
+            }
+          }
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+          const float nb = __shfl_xor_sync(0xffffffffu, n, off);
+          const float mb = __shfl_xor_sync(0xffffffffu, mean, off);
+          const float m2b = __shfl_xor_sync(0xffffffffu, m2, off);
+          chan_merge(n, mean, m2, nb, mb, m2b);
+        }
+        if ((lane >> 2) == 0 && jj + c < p.Ngemm) part[jj + c] = make_float2(mean, m2);
+      }
+    }
+  }
+}
+
+// conv2d_bn_train's second pass: channel blockIdx.x's (mean, M2) from its `slots` warp partials. Slot
+// t covers rows [t·rows_per_slot, min(M, (t + 1)·rows_per_slot)). Thread i merges slots i, i + 256, ...
+// in order, then a fixed tree merges the 256 runs: the same order on every run. Double throughout
+// (counts reach 2^30; the merge is K·slots work, not the hot loop).
+constexpr int kStatsThreads = 256;
+__global__ void __launch_bounds__(kStatsThreads) bn_stats_finalize_kernel(const float2* __restrict__ partial,
+                                                                          int64_t slots, int rows_per_slot, int M,
+                                                                          int K, double eps,
+                                                                          float* __restrict__ save_mean,
+                                                                          float* __restrict__ save_invstd,
+                                                                          float* __restrict__ batch_var) {
+  FC_SHARED(double, sh_n, [kStatsThreads]);
+  FC_SHARED(double, sh_mean, [kStatsThreads]);
+  FC_SHARED(double, sh_m2, [kStatsThreads]);
+  const int k = blockIdx.x, tid = threadIdx.x;
+  double n = 0.0, mean = 0.0, m2 = 0.0;
+  for (int64_t t = tid; t < slots; t += kStatsThreads) {
+    const int64_t rows = min(static_cast<int64_t>(rows_per_slot), static_cast<int64_t>(M) - t * rows_per_slot);
+    if (rows <= 0) continue;
+    const float2 v = partial[t * K + k];
+    chan_merge(n, mean, m2, static_cast<double>(rows), static_cast<double>(v.x), static_cast<double>(v.y));
+  }
+  sh_n[tid] = n;
+  sh_mean[tid] = mean;
+  sh_m2[tid] = m2;
+  __syncthreads();
+  for (int stride = kStatsThreads / 2; stride > 0; stride /= 2) {
+    if (tid < stride) {
+      chan_merge(sh_n[tid], sh_mean[tid], sh_m2[tid], sh_n[tid + stride], sh_mean[tid + stride], sh_m2[tid + stride]);
+    }
+    __syncthreads();
+  }
+  if (tid == 0) {
+    const float var = static_cast<float>(sh_n[0] > 0.0 ? sh_m2[0] / sh_n[0] : 0.0);
+    save_mean[k] = static_cast<float>(sh_mean[0]);
+    batch_var[k] = var;
+    save_invstd[k] = 1.0f / sqrtf(var + static_cast<float>(eps));  // batchnorm2d.cu's rsqrt_exact
+  }
 }
 
 // wgrad's second pass: dw[e] = Σ_split partial[split][e] in split order (deterministic, no atomics),
@@ -708,9 +822,9 @@ bool use_large(int64_t M, int64_t N, int64_t groups) {
   return N >= IgemmLarge::kBN && M >= IgemmLarge::kBM && tiles<IgemmLarge>(M, N, groups) >= kLargeTileMinBlocks;
 }
 
-template <typename Cfg, typename T, ConvDir kDir, bool kVec>
+template <typename Cfg, typename T, ConvDir kDir, bool kVec, bool kStats = false>
 cudaError_t launch_cfg(const IgemmParams<T>& p, unsigned int grid_z, cudaStream_t stream) {
-  const auto kernel = igemm_kernel<Cfg, T, kDir, kVec>;
+  const auto kernel = igemm_kernel<Cfg, T, kDir, kVec, kStats>;
   // Above 48 KB, dynamic shared memory must be opted into (per kernel, idempotent).
   if (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
@@ -723,20 +837,18 @@ cudaError_t launch_cfg(const IgemmParams<T>& p, unsigned int grid_z, cudaStream_
   return launch_status();
 }
 
-template <ConvDir kDir, typename T>
+template <ConvDir kDir, typename T, bool kStats = false>
 cudaError_t launch_dir(const IgemmParams<T>& p, bool large, bool vec, unsigned int grid_z, cudaStream_t stream) {
   if (large) {
-    return vec ? launch_cfg<IgemmLarge, T, kDir, true>(p, grid_z, stream)
-               : launch_cfg<IgemmLarge, T, kDir, false>(p, grid_z, stream);
+    return vec ? launch_cfg<IgemmLarge, T, kDir, true, kStats>(p, grid_z, stream)
+               : launch_cfg<IgemmLarge, T, kDir, false, kStats>(p, grid_z, stream);
   }
-  return vec ? launch_cfg<IgemmSmall, T, kDir, true>(p, grid_z, stream)
-             : launch_cfg<IgemmSmall, T, kDir, false>(p, grid_z, stream);
+  return vec ? launch_cfg<IgemmSmall, T, kDir, true, kStats>(p, grid_z, stream)
+             : launch_cfg<IgemmSmall, T, kDir, false, kStats>(p, grid_z, stream);
 }
 
 template <typename T>
-cudaError_t launch_fprop(const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
-                         cudaStream_t stream) {
-  if (!fprop_shape_ok(s) || x == nullptr || w == nullptr || y == nullptr) return cudaErrorInvalidValue;
+IgemmParams<T> fprop_params(const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y) {
   IgemmParams<T> p = make_params<T>(s);
   p.x = x;
   p.w = w;
@@ -746,6 +858,14 @@ cudaError_t launch_fprop(const Conv2dShape& s, const T* x, const T* w, const Con
   p.Ngemm = static_cast<int>(s.fprop_n());
   p.Kgemm = static_cast<int>(s.fprop_k());
   p.out_ld = static_cast<int>(s.K);
+  return p;
+}
+
+template <typename T>
+cudaError_t launch_fprop(const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
+                         cudaStream_t stream) {
+  if (!fprop_shape_ok(s) || x == nullptr || w == nullptr || y == nullptr) return cudaErrorInvalidValue;
+  const IgemmParams<T> p = fprop_params<T>(s, x, w, epi, y);
   const bool vec = vec_ok<T>(s, {x, w, y, epi.residual});
   return launch_dir<ConvDir::kFprop>(p, use_large(p.M, p.Ngemm, s.groups), vec, static_cast<unsigned int>(s.groups),
                                      stream);
@@ -782,6 +902,28 @@ WgradPlan wgrad_plan(const Conv2dShape& s, size_t workspace_limit) {
 size_t align_workspace(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
 
 size_t bias_workspace_bytes(int64_t K) { return align_workspace(static_cast<size_t>(K) * sizeof(float)); }
+
+// fprop with statistics: the tile config launch_fprop would pick, and its warp slots (kWarpsM per
+// M tile; both configs have 2, of WM = BM / 2 rows).
+struct StatsPlan {
+  bool large;
+  int64_t slots;
+  int rows_per_slot;
+};
+StatsPlan stats_plan(const Conv2dShape& s) {
+  StatsPlan plan{};
+  plan.large = use_large(s.fprop_m(), s.fprop_n(), s.groups);
+  const int bm = plan.large ? IgemmLarge::kBM : IgemmSmall::kBM;
+  plan.rows_per_slot = plan.large ? IgemmLarge::kWM : IgemmSmall::kWM;
+  static_assert(IgemmLarge::kWarpsM * IgemmLarge::kWM == IgemmLarge::kBM &&
+                    IgemmSmall::kWarpsM * IgemmSmall::kWM == IgemmSmall::kBM,
+                "a slot is one warp row of an M tile");
+  plan.slots = ceil_div(s.fprop_m(), bm) * (bm / plan.rows_per_slot);
+  return plan;
+}
+size_t stats_workspace_bytes(const Conv2dShape& s) {
+  return align_workspace(static_cast<size_t>(stats_plan(s).slots) * static_cast<size_t>(s.K) * sizeof(float2));
+}
 
 }  // namespace
 
@@ -832,6 +974,32 @@ cudaError_t conv2d_implicit_gemm_fprop(const Conv2dShape& s, const T* x, const T
     epi.bias = bias_acc;
   }
   return launch_fprop<T>(s, x, w, epi, y, stream);
+}
+
+size_t conv2d_implicit_gemm_fprop_stats_workspace_bytes(const Conv2dShape& s) {
+  if (!fprop_shape_ok(s)) return 0;
+  return stats_workspace_bytes(s);
+}
+
+template <typename T>
+cudaError_t conv2d_implicit_gemm_fprop_stats(const Conv2dShape& s, const T* x, const T* w, T* y, float* save_mean,
+                                             float* save_invstd, float* batch_var, double eps, void* ws,
+                                             size_t ws_bytes, cudaStream_t stream) {
+  if (!fprop_shape_ok(s) || x == nullptr || w == nullptr || y == nullptr || save_mean == nullptr ||
+      save_invstd == nullptr || batch_var == nullptr || ws == nullptr || !aligned16(ws) ||
+      ws_bytes < stats_workspace_bytes(s) || !(eps >= 0.0)) {
+    return cudaErrorInvalidValue;
+  }
+  const StatsPlan plan = stats_plan(s);
+  IgemmParams<T> p = fprop_params<T>(s, x, w, ConvEpilogue<T>{}, y);
+  p.stats = static_cast<float2*>(ws);
+  const bool vec = vec_ok<T>(s, {x, w, y});
+  cudaError_t err = launch_dir<ConvDir::kFprop, T, true>(p, plan.large, vec, static_cast<unsigned int>(s.groups),
+                                                         stream);
+  if (err != cudaSuccess) return err;
+  FC_LAUNCH(dim3(static_cast<unsigned int>(s.K)), kStatsThreads, 0, stream, bn_stats_finalize_kernel)(
+      p.stats, plan.slots, plan.rows_per_slot, p.M, p.K, eps, save_mean, save_invstd, batch_var);
+  return launch_status();
 }
 
 // dx = dgrad(dy, w): M = N·H·W dx pixels, N = Cg channels, K = R·S·Kg; no workspace.
@@ -890,7 +1058,9 @@ cudaError_t conv2d_implicit_gemm_wgrad(const Conv2dShape& s, const T* dy, const 
                                                      cudaStream_t);                                              \
   template cudaError_t conv2d_implicit_gemm_fprop_fused<T>(const Conv2dShape&, const T*, const T*, const AccT<T>*, \
                                                            const AccT<T>*, const T*, bool, T*, void*, size_t,     \
-                                                           cudaStream_t);
+                                                           cudaStream_t);                                          \
+  template cudaError_t conv2d_implicit_gemm_fprop_stats<T>(const Conv2dShape&, const T*, const T*, T*, float*,    \
+                                                           float*, float*, double, void*, size_t, cudaStream_t);
 FASTCONV_INSTANTIATE_IGEMM(__half)
 FASTCONV_INSTANTIATE_IGEMM(__nv_bfloat16)
 #undef FASTCONV_INSTANTIATE_IGEMM

@@ -14,6 +14,11 @@
 //    dgrad and wgrad on the same shapes against double CPU references (scatter-form loops over y), with
 //    the tolerance widened by sqrt(terms)·2^-8·rtol for the FP32 sums of many products; wgrad runs
 //    with the split-K workspace that workspace_bytes reports (1 GiB limit).
+//    fprop with batch statistics (conv2d_implicit_gemm_fprop_stats) on the same shapes, plus a
+//    large-mean case (inputs offset by +8, positive filters: mean/std ~ 100): y against the same
+//    reference; mean / biased variance / invstd against double statistics of the kernel's own rounded
+//    y (what the op returns and BN normalises), |err| <= 1e-5·|ref| (+1e-6 for the mean); and two
+//    runs bit-identical (fixed-order partials and merge).
 // 2. Timing: fprop + folded-BN + ReLU epilogue on ResNet-50 layers at N = 32 (CUDA events, warm-up,
 //    median of kReps), printed as ms, TFLOP/s, % of 798 TFLOP/s (our measured bf16 GEMM on the H100)
 //    and compulsory-traffic GB/s; then bf16 dgrad and wgrad on the same layers.
@@ -391,6 +396,88 @@ bool time_bwd(const Case& cs, ConvDir dir) {
   return true;
 }
 
+// fprop + batch statistics. offset > 0 shifts x and makes w positive (a large-mean conv output).
+template <typename T>
+bool check_stats(const Case& cs, float offset, int& fails) {
+  const Conv2dShape s = make_shape(cs);
+  std::vector<float> x(numel_x(s)), w(numel_w(s));
+  fill(x, 1);
+  fill(w, 2);
+  if (offset > 0.f) {
+    for (auto& v : x) v = 0.5f * v + offset;
+    for (auto& v : w) v = 0.05f + 0.5f * (v + 1.f) / static_cast<float>(s.Cg() * s.R * s.S);
+  }
+  const std::vector<T> xt = round_to<T>(x), wt = round_to<T>(w);
+  std::vector<double> ref(numel_y(s));
+  ref_fprop(s, x, w, nullptr, nullptr, nullptr, false, ref);
+
+  const size_t ws_bytes = conv2d_implicit_gemm_fprop_stats_workspace_bytes(s);
+  T *dx, *dw, *dy;
+  float* dstats;
+  void* ws;
+  CUDA_CHECK(cudaMalloc(&dx, xt.size() * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&dw, wt.size() * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&dy, ref.size() * sizeof(T)));
+  CUDA_CHECK(cudaMalloc(&dstats, 3 * s.K * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
+  CUDA_CHECK(cudaMemcpy(dx, xt.data(), xt.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dw, wt.data(), wt.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemset(dy, 0xff, ref.size() * sizeof(T)));
+  CUDA_CHECK(cudaMemset(dstats, 0xff, 3 * s.K * sizeof(float)));
+  std::vector<float> stats[2];
+  std::vector<T> out[2];
+  const double eps = 1e-5;
+  for (int run = 0; run < 2; ++run) {
+    CUDA_CHECK(conv2d_implicit_gemm_fprop_stats<T>(s, dx, dw, dy, dstats, dstats + s.K, dstats + 2 * s.K, eps, ws,
+                                                   ws_bytes, 0));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    stats[run].resize(3 * s.K);
+    out[run].resize(ref.size());
+    CUDA_CHECK(cudaMemcpy(stats[run].data(), dstats, 3 * s.K * sizeof(float), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(out[run].data(), dy, out[run].size() * sizeof(T), cudaMemcpyDeviceToHost));
+  }
+  size_t bad = 0;
+  double max_y = 0.0, max_stat = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double err = std::fabs(double(to_f(out[0][i])) - ref[i]);
+    if (!(err <= 1e-3 + rtol<T>() * std::fabs(ref[i]))) ++bad;
+    max_y = std::max(max_y, std::isnan(err) ? INFINITY : err);
+  }
+  // Double statistics of the kernel's own y, per channel (NPQK: channel k at stride 1).
+  const int64_t M = s.N * s.P * s.Q;
+  for (int64_t k = 0; k < s.K; ++k) {
+    double mean = 0.0, m2 = 0.0;
+    for (int64_t m = 0; m < M; ++m) mean += to_f(out[0][static_cast<size_t>(m * s.K + k)]);
+    mean /= double(M);
+    for (int64_t m = 0; m < M; ++m) {
+      const double d = to_f(out[0][static_cast<size_t>(m * s.K + k)]) - mean;
+      m2 += d * d;
+    }
+    const double var = m2 / double(M), invstd = 1.0 / std::sqrt(var + eps);
+    const double got[3] = {stats[0][k], stats[0][s.K + k], stats[0][2 * s.K + k]};
+    const double want[3] = {mean, invstd, var};
+    for (int i = 0; i < 3; ++i) {
+      const double err = std::fabs(got[i] - want[i]);
+      const double tol = 1e-5 * std::fabs(want[i]) + (i == 0 ? 1e-6 : 0.0);
+      if (!(err <= tol)) ++bad;
+      max_stat = std::max(max_stat, std::isnan(err) ? INFINITY : err / std::max(1e-30, std::fabs(want[i])));
+    }
+  }
+  const bool same = std::memcmp(stats[0].data(), stats[1].data(), stats[0].size() * sizeof(float)) == 0 &&
+                    std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(T)) == 0;
+  if (!same) ++bad;
+  std::printf("%s %-28s %-4s %-20s max|err| y %.3e, stats rel %.3e%s\n", bad ? "FAIL" : "ok  ", cs.name,
+              type_name<T>(), offset > 0.f ? "stats (large mean)" : "stats", max_y, max_stat,
+              same ? "" : ", runs differ");
+  if (bad) ++fails;
+  cudaFree(dx);
+  cudaFree(dw);
+  cudaFree(dy);
+  cudaFree(dstats);
+  cudaFree(ws);
+  return true;
+}
+
 int main() {
   // name, N, C, H, W, K, R, S, pad, stride, dil, groups
   const Case checks[] = {
@@ -415,6 +502,12 @@ int main() {
       ok = ok && check_case<__nv_bfloat16>(c, e, fails);
     }
   }
+  for (const Case& c : checks) {
+    ok = ok && check_stats<__half>(c, 0.f, fails);
+    ok = ok && check_stats<__nv_bfloat16>(c, 0.f, fails);
+  }
+  ok = ok && check_stats<__half>(checks[1], 8.f, fails);
+  ok = ok && check_stats<__half>(checks[8], 8.f, fails);
   for (const Case& c : checks) {
     for (ConvDir d : {ConvDir::kDgrad, ConvDir::kWgrad}) {
       ok = ok && check_bwd<__half>(c, d, fails);

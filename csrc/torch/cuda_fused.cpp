@@ -1,5 +1,6 @@
-// CUDA implementation of fastconv::conv2d_fused (schema in ops.cpp):
-//   y = relu?( conv2d(x, w) · scale[k] + bias[k] + residual )
+// CUDA implementations of the fused convolution ops (schemas in ops.cpp).
+//
+// conv2d_fused:  y = relu?( conv2d(x, w) · scale[k] + bias[k] + residual )
 //
 // algo "implicit_gemm": one tensor-core kernel with the epilogue fused (conv2d_igemm_tc.cu). Host
 //   order: checks -> CUDAGuard -> current stream -> channels_last operands (the kernel's layout; the
@@ -8,6 +9,14 @@
 // any other algo: the conv2d op (cuda_conv.cpp, through the dispatcher) then the epilogue as ATen
 //   ops in the accumulation dtype, rounded once to the output dtype — the same numerics as the fused
 //   kernel, one extra pass over y.
+//
+// conv2d_bn_train: conv_out = conv2d(x, w); batch statistics of conv_out; out = relu?(BN(conv_out)).
+// algo "implicit_gemm": the tensor-core kernel stores conv_out and per-warp-slot Welford partials of
+//   it, a finalize kernel merges them in fixed order into save_mean / batch_var / save_invstd
+//   (conv2d_implicit_gemm_fprop_stats), then the batch_norm_eval op with the batch statistics as its
+//   "running" statistics writes out in one elementwise pass: the separate statistics pass over
+//   conv_out is gone.
+// any other algo: the conv2d op, then the batch_norm_train op (its Welford statistics kernels).
 // Compiled only against a CUDA build of torch (setup.py), syntax-checked by scripts/check_cuda_binding.sh.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -17,9 +26,11 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "cuda_common.h"
 #include "fused_checks.h"
+#include "op_calls.h"
 
 namespace fastconv {
 namespace {
@@ -124,7 +135,84 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   return y.contiguous(fmt);
 }
 
+// ---- conv2d_bn_train --------------------------------------------------------------------------------
+
+at::Tensor call_batch_norm_eval(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var,
+                                double eps, bool relu) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastconv::batch_norm_eval", "")
+          .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                            const at::Tensor&, const at::Tensor&, double, bool)>();
+  return op.call(x, weight, bias, mean, var, eps, relu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_bn_train_cuda(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bn_weight,
+    const std::optional<at::Tensor>& bn_bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, double eps, bool relu, c10::string_view algo) {
+  FASTCONV_BELOW_AUTOGRAD();
+  constexpr const char* op = "conv2d_bn_train";
+  check_on_cuda(input, op, "input");
+  Conv2dShape s = prepare_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, op);
+  // BN parameters: prepare_bn's checks against an empty stand-in with the conv output's channels (as
+  // on the CPU, so the devices cannot drift), before any work.
+  prepare_bn(at::empty({0, s.K}, input.options()), bn_weight, bn_bias, op);
+
+  const bool stats_kernel = algo == "implicit_gemm" && input.numel() > 0 && s.N * s.P * s.Q > 0;
+  if (!stats_kernel) {
+    // Every other algorithm (and the empty cases, where there is nothing to fuse): the composition.
+    at::Tensor conv_out = call_conv2d(input, weight, stride, padding, dilation, groups, algo);
+    auto [out, mean, invstd, var] = call_batch_norm_train(conv_out, bn_weight, bn_bias, eps, relu);
+    return {out, conv_out, mean, invstd, var};
+  }
+
+  check_dtype_in(input, {at::kHalf, at::kBFloat16}, op, "CUDA algo 'implicit_gemm'");
+  const at::ScalarType st = input.scalar_type();
+  CudaDeviceGuard guard(input.device());
+  const cudaStream_t stream = current_cuda_stream();
+
+  const MemoryFormat fmt = conv_output_format(input, weight);
+  constexpr MemoryFormat kfmt = MemoryFormat::ChannelsLast;  // the kernel's NHWC / KRSC / NPQK layout
+  const at::Tensor x = input.contiguous(kfmt);
+  const at::Tensor w = weight.contiguous(kfmt);
+  TORCH_INTERNAL_ASSERT(x.is_contiguous(kfmt) && w.is_contiguous(kfmt));
+  s.x = channels_last_strides(s.C, s.H, s.W);
+  s.w = channels_last_strides(s.Cg(), s.R, s.S);
+  s.y = channels_last_strides(s.K, s.P, s.Q);
+  TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_can_implement(s, cuda::ConvDir::kFprop, 2), "fastconv.", op,
+                              ": CUDA algo 'implicit_gemm' cannot implement this convolution (every size must be "
+                              "below 2^30): input ", input.sizes(), ", weight ", weight.sizes());
+
+  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(kfmt));
+  const at::TensorOptions stat_opts = input.options().dtype(at::kFloat).memory_format(MemoryFormat::Contiguous);
+  at::Tensor save_mean = at::empty({s.K}, stat_opts);
+  at::Tensor save_invstd = at::empty({s.K}, stat_opts);
+  at::Tensor batch_var = at::empty({s.K}, stat_opts);
+  const size_t ws_bytes = cuda::conv2d_implicit_gemm_fprop_stats_workspace_bytes(s);
+  const at::Tensor ws = workspace(input, ws_bytes);
+
+  cudaError_t err = cudaSuccess;
+  if (st == at::kHalf) {
+    err = cuda::conv2d_implicit_gemm_fprop_stats<__half>(s, cptr<__half>(x), cptr<__half>(w), ptr<__half>(y),
+                                                         ptr<float>(save_mean), ptr<float>(save_invstd),
+                                                         ptr<float>(batch_var), eps, ws.data_ptr(), ws_bytes, stream);
+  } else {
+    err = cuda::conv2d_implicit_gemm_fprop_stats<__nv_bfloat16>(
+        s, cptr<__nv_bfloat16>(x), cptr<__nv_bfloat16>(w), ptr<__nv_bfloat16>(y), ptr<float>(save_mean),
+        ptr<float>(save_invstd), ptr<float>(batch_var), eps, ws.data_ptr(), ws_bytes, stream);
+  }
+  check_cuda(err, op, "implicit_gemm");
+  // The apply pass: (y − mean)·invstd·w + b (+ReLU) with the batch statistics, y's layout.
+  at::Tensor out = call_batch_norm_eval(y, bn_weight, bn_bias, save_mean, batch_var, eps, relu);
+  return {out.contiguous(fmt), y.contiguous(fmt), save_mean, save_invstd, batch_var};
+}
+
 }  // namespace
 }  // namespace fastconv
 
-TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) { m.impl("conv2d_fused", TORCH_FN(fastconv::conv2d_fused_cuda)); }
+TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) {
+  m.impl("conv2d_fused", TORCH_FN(fastconv::conv2d_fused_cuda));
+  m.impl("conv2d_bn_train", TORCH_FN(fastconv::conv2d_bn_train_cuda));
+}

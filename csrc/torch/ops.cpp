@@ -78,6 +78,14 @@ TORCH_LIBRARY(fastconv, m) {
   // ("implicit_gemm" on CUDA runs the whole epilogue inside the GEMM kernel).
   m.def("conv2d_fused(Tensor input, Tensor weight, Tensor? scale, Tensor? bias, Tensor? residual, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu, str algo) -> Tensor");
+  // Training-mode conv -> batch norm (-> ReLU) whose convolution also yields the batch statistics:
+  // conv_out = conv2d(input, weight) (no conv bias: it cancels under BN), save_mean / batch_var the
+  // per-channel mean and biased variance of conv_out over (N, H, W), save_invstd = 1/sqrt(var + eps),
+  // out = relu?((conv_out - mean)·invstd·bn_weight + bn_bias). Statistics in the accumulation dtype
+  // (float32 for float16/bfloat16 inputs). Running statistics: batch_norm_update_running_stats_.
+  m.def("conv2d_bn_train(Tensor input, Tensor weight, Tensor? bn_weight, Tensor? bn_bias, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, float eps, bool relu, str algo) -> (Tensor out, "
+        "Tensor conv_out, Tensor save_mean, Tensor save_invstd, Tensor batch_var)");
 }
 
 // fastconv._C is imported for its side effect (the registrations above); it also answers the build

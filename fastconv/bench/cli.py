@@ -2,6 +2,7 @@
 
     python -m fastconv bench [--model resnet50 (any of fastconv.models)] [--batch 32] [--dtype fp16] [--layout nhwc]
                              [--mode inference|train|layers] [--device auto] [--quick] [--out DIR]
+    python -m fastconv bench --bytes resnet50 --batch 256 --dtype fp16   (predicted bytes and roofline, no timing)
     python -m fastconv report RESULTS.json [more.json ...] -o DIR
 
 bench writes DIR/results.json (schema: fastconv.bench.results), DIR/report.md, DIR/bench.log (what
@@ -76,7 +77,7 @@ def add_parsers(sub) -> None:
     b.add_argument("--mode", default="layers", choices=MODES, help="per-layer ops, or a whole model (default layers)")
     b.add_argument("--device", default="auto", help="auto (the GPU when present), cpu, cuda or cuda:N")
     b.add_argument("--quick", action="store_true", help="a few layers, small batch, short timing (< 1 min on 2 cores)")
-    b.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
+    b.add_argument("--out", default=None, help="output folder (default bench-results)")
     b.add_argument("--algos", type=_list(("all", "auto", "direct", "im2col", "gemm1x1", "igemm_tc")), default=None,
                    help="fastconv algorithms for convs: all (default), auto, or names (comma-separated)")
     b.add_argument("--passes", type=_list(cases.CONV_PASSES + ("bprop",)), default=None,
@@ -84,6 +85,10 @@ def add_parsers(sub) -> None:
     b.add_argument("--tf32", action="store_true",
                    help="allow TF32 for fp32 on the GPU (off by default so both sides compute in true fp32)")
     b.add_argument("--no-compile", action="store_true", help="model modes: skip the torch.compile variant")
+    b.add_argument("--bytes", default=None, choices=model_names(), metavar="MODEL",
+                   help="time nothing: print the predicted device-memory bytes and H200 roofline time of one "
+                        "inference forward and one training step of MODEL, unfused vs fused (fastconv/bench/"
+                        "bytes.py; --batch, default 256, and --dtype apply); with --out also writes bytes.json")
     b.add_argument("--no-plots", action="store_true", help="write no PNGs")
     b.add_argument("--no-progress", action="store_true",
                    help="no progress report (when stderr is not a terminal it is a line per quarter of the run, "
@@ -159,6 +164,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fastconv.bench import report, results, runner
 
     t0 = time.perf_counter()
+    if args.bytes:
+        return cmd_bytes(args)
+    args.out = args.out or "bench-results"
     try:
         s = settings_from_args(args)
         if s.mode != "layers":
@@ -205,6 +213,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         results.save(os.path.join(args.out, "results.json"), run)
         print(f"wrote {', '.join(sorted(os.path.basename(p) for p in written.values()))}, results.json, bench.log "
               f"to {args.out} in {run['elapsed_s']:.1f} s", file=out)
+    return 0
+
+
+def cmd_bytes(args: argparse.Namespace) -> int:
+    """`bench --bytes MODEL`: the byte and roofline predictions of fastconv.bench.bytes, as a table."""
+    import json
+
+    from fastconv.bench import bytes as B
+
+    batch = (args.batch or [256])[0]
+    rows = B.predict(args.bytes, batch=batch, dtype=args.dtype)
+    print(B.format_table(rows))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bytes.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+            f.write("\n")
     return 0
 
 

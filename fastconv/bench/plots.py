@@ -301,7 +301,9 @@ def caption(title: str, runs: List[Dict[str, Any]]) -> str:
     if title == TITLES[THROUGHPUT]:
         return ("Images per second of whole-model inference or one SGD training step (batch / median time). "
                 "torch eager is the network with torch.nn layers, fastconv the same network after "
-                "fastconv.convert(), fastconv + BN folded also after fastconv.fuse_for_inference().")
+                "fastconv.convert(), fastconv fused also after fastconv.fuse_for_inference() (inference) or "
+                "fastconv.fuse_for_training() (training): conv, BN, ReLU and residual add as one module; "
+                "torch.compile compiles torch eager (absent when skipped, see the table).")
     parts = ["Each point is one layer shape and pass: colour = fastconv or torch, marker = pass; a label names "
              "the first layer using the shape, and a grey line joins fastconv's best algorithm to torch on the "
              "same layer and pass. "

@@ -102,7 +102,7 @@ def model_rows(run: Dict[str, Any]) -> List[List[str]]:
         name = variant_name(r["algo"])
         if m is None:
             rows.append([r["model"], r["pass"], str(r["batch"]), name, "skipped", "-", "-", "-",
-                         (r.get("skipped") or "")[:60]])
+                         (r.get("skipped") or "")[:110]])
             continue
         e = eager.get(r["group"])
         err = "reference" if r["algo"] == "eager" else _num(r.get("max_rel_err"), "{:.1e}")

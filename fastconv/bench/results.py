@@ -17,7 +17,8 @@ Schema "fastconv-bench/1" (one JSON object):
         group      the comparison group: fastconv and torch records of one (layer, pass, batch,
                    dtype, layout) share it
         impl       "fastconv" | "torch";  algo: the fastconv algorithm, torch's backend or the model variant
-                   (VARIANTS: eager = torch eager, converted, converted+fused, torch.compile)
+                   (VARIANTS: eager = torch eager, converted = fastconv, fused = fastconv fused,
+                   torch.compile; results before issue 15 have converted+fused = BN folded)
         flops, bytes   the useful FLOPs and compulsory bytes of one launch
         stats      seconds per launch: median, q1, q3, iqr (q3 - q1), min, max, mean, stddev, rounds,
                    inner (launches per round), timer
@@ -25,6 +26,7 @@ Schema "fastconv-bench/1" (one JSON object):
         max_rel_err    fastconv only: max |ours - torch| / max |torch| on the same inputs
         images_per_s   models only
         skipped        instead of stats: why this could not run
+        fusion         models, variant fused: which pass built it and its fastconv_fusion_summary
     warnings   sentences saying why some numbers are not trustworthy: noisy times (IQR / median above
                fastconv.bench.timing.NOISY_IQR), a busy machine (load average vs CPU count)
 
@@ -42,11 +44,13 @@ from typing import Any, Dict, List
 SCHEMA = "fastconv-bench/1"
 
 # Whole-model variants (a model record's algo), in timing order; eager is the torch baseline.
-VARIANTS = ("eager", "converted", "converted+fused", "torch.compile")
-VARIANT_IMPL = {"eager": "torch", "converted": "fastconv", "converted+fused": "fastconv", "torch.compile": "torch"}
-# What tables and plots call them ("eager" alone would not say whose).
-VARIANT_NAMES = {"eager": "torch eager", "converted": "fastconv", "converted+fused": "fastconv + BN folded",
-                 "torch.compile": "torch.compile"}
+VARIANTS = ("eager", "converted", "fused", "torch.compile")
+VARIANT_IMPL = {"eager": "torch", "converted": "fastconv", "fused": "fastconv", "torch.compile": "torch",
+                "converted+fused": "fastconv"}
+# What tables and plots call them ("eager" alone would not say whose). converted+fused: saved results
+# from before issue 15 (BN folded into the conv by the old fuse_for_inference).
+VARIANT_NAMES = {"eager": "torch eager", "converted": "fastconv", "fused": "fastconv fused",
+                 "torch.compile": "torch.compile", "converted+fused": "fastconv + BN folded"}
 
 
 def variant_name(algo: str) -> str:

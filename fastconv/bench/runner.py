@@ -1,9 +1,12 @@
 """The benchmark runs behind `python -m fastconv bench`: per-layer (fastconv algorithms vs torch on
-every distinct layer of a model) and per-model (inference or one SGD training step; fastconv vs torch
-eager vs torch.compile). Each produces records in the results schema (fastconv.bench.results)."""
+every distinct layer of a model) and per-model (inference or one SGD training step; torch eager,
+fastconv, fastconv fused and torch.compile). Each produces records in the results schema
+(fastconv.bench.results)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -217,18 +220,60 @@ def fastconv_layers(model: torch.nn.Module) -> List[str]:
     return [name for name, m in model.named_modules() if type(m).__module__ == fm.__name__]
 
 
+# How long torch.compile took here (2-core shared CPU VM, torch 2.13 CPU, inductor): ResNet-18 at
+# batch 2, 64x64, first call 23 s for inference and 52 s for a training step, against 0.05 s per
+# compiled call afterwards. That is more than the whole --quick run, so --quick skips it (and says so).
+COMPILE_QUICK_SKIP = ("--quick skips it: compiling takes longer than the whole quick run (ResNet-18, batch 2, 64x64, "
+                      "2 CPU cores: 23 s inference, 52 s training step); run without --quick")
+
+
+def compile_unavailable(device: torch.device) -> Optional[str]:
+    """Why torch.compile cannot run here, or None: dynamo unsupported on this Python, or (on the CPU,
+    where inductor compiles C++) no C++ compiler on PATH."""
+    try:
+        import torch._dynamo as dynamo
+    except Exception as e:  # noqa: BLE001
+        return f"torch.compile unavailable: torch._dynamo does not import ({type(e).__name__}: {e})"
+    if hasattr(dynamo, "is_dynamo_supported") and not dynamo.is_dynamo_supported():
+        return "torch.compile unavailable: torch._dynamo does not support this Python/platform"
+    if device.type == "cpu":
+        cxx = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
+        if not any(shutil.which(c) for c in cxx):
+            return "torch.compile unavailable: inductor needs a C++ compiler for the CPU and none is on PATH"
+    return None
+
+
+def fusion_info(model: torch.nn.Module) -> Optional[Dict[str, Any]]:
+    """Which pass fused `model` and its fastconv_fusion_summary (counts per pattern), when it has one."""
+    summary = getattr(model, "fastconv_fusion_summary", None)
+    if summary is None:
+        return None
+    if hasattr(summary, "counts"):  # fastconv.fuse.FusionSummary
+        return {"mode": getattr(summary, "mode", None), "counts": dict(summary.counts),
+                "left_unfused": len(getattr(summary, "left", {}) or {})}
+    return {"summary": summary if isinstance(summary, (dict, list, str, int)) else str(summary)}
+
+
 def build_variant(model: torch.nn.Module, variant: str, train: bool) -> Optional[torch.nn.Module]:
     """`model` (fastconv.models builds fastconv layers; a torch.nn network works too) as benchmark
-    variant `variant`, a new module on the same device and dtype; None when the variant does not apply:
-    converted+fused in training (folding BN into the conv freezes its statistics).
+    variant `variant`, a new module on the same device and dtype. The one place the variants are made.
 
-        eager            the network reverted to torch.nn: the torch baseline, no fastconv layer in it
-        converted        fastconv.convert() of that baseline
-        converted+fused  converted, then fastconv.fuse_for_inference (every BN after a conv folded)
-        torch.compile    torch.compile() of the baseline
-    """
+        eager          "torch eager": the network reverted to torch.nn, no fastconv layer in it
+        converted      "fastconv": fastconv.convert() of that baseline (unfused)
+        fused          "fastconv fused": converted, then fastconv.fuse_for_training (train=True) or
+                       fastconv.fuse_for_inference (train=False, on the eval model): conv -> BN (-> ReLU)
+                       and ResNet's relu(bn(conv(x)) + shortcut) as fastconv.fused.ConvBNAct2d
+        torch.compile  torch.compile() of the baseline
+
+    Raises NotImplementedError for fused with train=True while fastconv has no fuse_for_training
+    (the runs report it as skipped, with this reason). The name before issue 15, converted+fused, is
+    still accepted with its old meaning: fused for inference, None (does not apply) for training."""
     import fastconv
 
+    if variant == "converted+fused":
+        if train:
+            return None
+        variant = "fused"
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
     baseline = fastconv.revert(model)
@@ -236,17 +281,30 @@ def build_variant(model: torch.nn.Module, variant: str, train: bool) -> Optional
         return baseline
     if variant == "converted":
         return fastconv.convert(baseline)
-    if variant == "converted+fused":
-        return None if train else fastconv.fuse_for_inference(fastconv.convert(baseline).eval())
+    if variant == "fused":
+        converted = fastconv.convert(baseline)
+        if not train:
+            return fastconv.fuse_for_inference(converted.eval())
+        fuse = getattr(fastconv, "fuse_for_training", None)
+        if fuse is None:
+            raise NotImplementedError("fastconv.fuse_for_training does not exist in this build yet (issue 15), so "
+                                      "there is no fused training variant")
+        return fuse(converted)
     return torch.compile(baseline)
 
 
 def _variants(model: torch.nn.Module, s: Settings) -> List[tuple]:
-    """(impl, variant, module or the exception that building it raised) for the variants this run times."""
+    """(impl, variant, the module, or why not: the exception building it raised or a sentence) for
+    every variant; torch.compile is left out only with --no-compile."""
     out = []
     for variant in VARIANTS:
-        if variant == "torch.compile" and (not s.compile or s.quick):
-            continue
+        if variant == "torch.compile":
+            if not s.compile:
+                continue
+            why = compile_unavailable(s.device) or (COMPILE_QUICK_SKIP if s.quick else None)
+            if why:
+                out.append((VARIANT_IMPL[variant], variant, why))
+                continue
         try:
             built = build_variant(model, variant, s.mode == "train")
         except Exception as e:  # noqa: BLE001  (reported as skipped)
@@ -277,10 +335,14 @@ def run_models(s: Settings, progress: bool = True, log: Callable[[str], None] = 
             base = {"kind": "model", "model": s.model, "layer": s.model, "label": f"{s.model} {s.mode}",
                     "pass": s.mode, "batch": batch, "dtype": s.dtype, "layout": s.layout, "device": str(s.device),
                     "group": f"{s.model}/{s.mode}/b{batch}/{s.dtype}/{s.layout}", "variant": variant}
-            if isinstance(model, Exception):
-                records.append(_record(base, impl, variant, None, 0, 0, skipped=f"{type(model).__name__}: {model}"))
+            if isinstance(model, (Exception, str)):
+                why = model if isinstance(model, str) else f"{type(model).__name__}: {model}"
+                records.append(_record(base, impl, variant, None, 0, 0, skipped=why))
                 bar.update(1)
                 continue
+            if variant == "fused":
+                info = fusion_info(model) or {}
+                base["fusion"] = dict(info, fuse="fuse_for_training" if train else "fuse_for_inference")
             try:
                 model.eval()
                 with torch.no_grad():

@@ -4,6 +4,7 @@
     M.list_models()                       # ['alexnet', 'densenet121', 'googlenet', ...]
     net = M.resnet50(num_classes=10)      # torchvision's names: a torchvision state_dict loads strictly
     net = M.get_model("googlenet", aux_logits=True)
+    net = M.resnet50(fused=True)          # every builder: conv+BN(+ReLU)(+residual) via fastconv.fuse_for_training
     print(M.profile(net, (3, 224, 224)))  # parameters and multiply-adds per layer
 """
 

@@ -12,7 +12,7 @@ from typing import List, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from fastconv.models._registry import register_model
+from fastconv.models._registry import maybe_fused, register_model
 from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d
 
 __all__ = ["LeNet5", "AlexNet", "VGG", "DenseNet", "lenet5", "alexnet", "vgg16", "vgg16_bn", "densenet121"]
@@ -227,35 +227,35 @@ class DenseNet(nn.Module):
 
 
 @register_model
-def lenet5(**kwargs) -> LeNet5:
+def lenet5(fused: bool = False, **kwargs) -> LeNet5:
     """LeNet-5 (LeCun et al. 1998). Input 1x32x32. 61,706 parameters; 416,520 multiply-adds.
     kwargs: num_classes (10), in_channels (1)."""
-    return LeNet5(**kwargs)
+    return maybe_fused(LeNet5(**kwargs), fused, "lenet5")
 
 
 @register_model
-def alexnet(**kwargs) -> AlexNet:
+def alexnet(fused: bool = False, **kwargs) -> AlexNet:
     """AlexNet (Krizhevsky et al. 2012), single tower with 96 first-layer filters. Input 227x227.
     62,378,344 parameters; 1.135 G multiply-adds at 227x227. kwargs: num_classes, lrn, dropout, init_weights."""
-    return AlexNet(**kwargs)
+    return maybe_fused(AlexNet(**kwargs), fused, "alexnet")
 
 
 @register_model
-def vgg16(**kwargs) -> VGG:
+def vgg16(fused: bool = False, **kwargs) -> VGG:
     """VGG-16 (Simonyan & Zisserman 2015, configuration D). Input 224x224.
     138,357,544 parameters; 15.470 G multiply-adds at 224x224. kwargs: num_classes, init_weights, dropout."""
-    return VGG(_vgg_layers(_VGG_CFG["D"], batch_norm=False), **kwargs)
+    return maybe_fused(VGG(_vgg_layers(_VGG_CFG["D"], batch_norm=False), **kwargs), fused, "vgg16")
 
 
 @register_model
-def vgg16_bn(**kwargs) -> VGG:
+def vgg16_bn(fused: bool = False, **kwargs) -> VGG:
     """VGG-16 with BatchNorm after every conv (torchvision's vgg16_bn). Input 224x224.
     138,365,992 parameters; 15.470 G multiply-adds at 224x224."""
-    return VGG(_vgg_layers(_VGG_CFG["D"], batch_norm=True), **kwargs)
+    return maybe_fused(VGG(_vgg_layers(_VGG_CFG["D"], batch_norm=True), **kwargs), fused, "vgg16_bn")
 
 
 @register_model
-def densenet121(**kwargs) -> DenseNet:
+def densenet121(fused: bool = False, **kwargs) -> DenseNet:
     """DenseNet-121 (Huang et al. 2017): growth 32, blocks 6-12-24-16, bn_size 4. Input 224x224.
     7,978,856 parameters; 2.834 G multiply-adds at 224x224. kwargs: num_classes, drop_rate, ..."""
-    return DenseNet(32, (6, 12, 24, 16), 64, **kwargs)
+    return maybe_fused(DenseNet(32, (6, 12, 24, 16), 64, **kwargs), fused, "densenet121")

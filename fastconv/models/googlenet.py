@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from fastconv.models._registry import register_model
+from fastconv.models._registry import maybe_fused, register_model
 from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d
 
 __all__ = ["GoogLeNet", "GoogLeNetOutputs", "BasicConv2d", "Inception", "InceptionAux", "googlenet"]
@@ -179,7 +179,7 @@ class GoogLeNet(nn.Module):
 
 
 @register_model
-def googlenet(**kwargs) -> GoogLeNet:
+def googlenet(fused: bool = False, **kwargs) -> GoogLeNet:
     """GoogLeNet / Inception-v1 (Szegedy et al. 2014, table 1). Input 224x224.
     Number of parameters (without / with the two aux heads, aux_logits=True):
       default (BatchNorm, published 5x5 branches)    7,005,832 / 13,385,816
@@ -189,4 +189,4 @@ def googlenet(**kwargs) -> GoogLeNet:
     row counting 34M where 7x7x3x64 at 112x112 is 118M), 1.498 G with torchvision_compat=True.
     kwargs: num_classes, aux_logits, transform_input, batch_norm, torchvision_compat, dropout,
     dropout_aux, init_weights."""
-    return GoogLeNet(**kwargs)
+    return maybe_fused(GoogLeNet(**kwargs), fused, "googlenet")

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from fastconv.models._registry import register_model
+from fastconv.models._registry import maybe_fused, register_model
 from fastconv.models.googlenet import BasicConv2d
 from fastconv.modules import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from fastconv.models.googlenet import transform_input
@@ -216,9 +216,9 @@ class Inception3(nn.Module):
 
 
 @register_model
-def inception_v3(**kwargs) -> Inception3:
+def inception_v3(fused: bool = False, **kwargs) -> Inception3:
     """Inception-v3 (Szegedy et al. 2015). Input 299x299.
     27,161,264 parameters with the auxiliary head (aux_logits=True, the default, as torchvision),
     23,834,568 without; 5.713 G multiply-adds at 299x299 (main path).
     kwargs: num_classes, aux_logits, transform_input, init_weights, dropout."""
-    return Inception3(**kwargs)
+    return maybe_fused(Inception3(**kwargs), fused, "inception_v3")

@@ -14,7 +14,7 @@ from typing import List, Optional, Type, Union
 import torch
 from torch import Tensor, nn
 
-from fastconv.models._registry import register_model
+from fastconv.models._registry import maybe_fused, register_model
 from fastconv.modules import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, MaxPool2d
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -162,55 +162,55 @@ class ResNet(nn.Module):
 
 
 @register_model
-def resnet18(**kwargs) -> ResNet:
+def resnet18(fused: bool = False, **kwargs) -> ResNet:
     """ResNet-18 (He et al. 2015, table 1): basic blocks [2, 2, 2, 2]. Input 224x224.
     11,689,512 parameters; 1.814 G multiply-adds (conv + fc) at 224x224.
     kwargs: num_classes, zero_init_residual, replace_stride_with_dilation."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
+    return maybe_fused(ResNet(BasicBlock, [2, 2, 2, 2], **kwargs), fused, "resnet18")
 
 
 @register_model
-def resnet34(**kwargs) -> ResNet:
+def resnet34(fused: bool = False, **kwargs) -> ResNet:
     """ResNet-34 (He et al. 2015, table 1): basic blocks [3, 4, 6, 3]. Input 224x224.
     21,797,672 parameters; 3.664 G multiply-adds at 224x224."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
+    return maybe_fused(ResNet(BasicBlock, [3, 4, 6, 3], **kwargs), fused, "resnet34")
 
 
 @register_model
-def resnet50(**kwargs) -> ResNet:
+def resnet50(fused: bool = False, **kwargs) -> ResNet:
     """ResNet-50 (He et al. 2015, table 1): bottleneck blocks [3, 4, 6, 3]. Input 224x224.
     25,557,032 parameters; 4.089 G multiply-adds at 224x224 (stride_on="3x3"; the paper's
     stride_on="1x1" has the same parameters and 3.858 G, table 1's "3.8 x 10^9 FLOPs").
     kwargs: num_classes, zero_init_residual, groups, width_per_group, replace_stride_with_dilation, stride_on."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
+    return maybe_fused(ResNet(Bottleneck, [3, 4, 6, 3], **kwargs), fused, "resnet50")
 
 
 @register_model
-def resnet101(**kwargs) -> ResNet:
+def resnet101(fused: bool = False, **kwargs) -> ResNet:
     """ResNet-101 (He et al. 2015, table 1): bottleneck blocks [3, 4, 23, 3]. Input 224x224.
     44,549,160 parameters; 7.801 G multiply-adds at 224x224."""
-    return ResNet(Bottleneck, [3, 4, 23, 3], **kwargs)
+    return maybe_fused(ResNet(Bottleneck, [3, 4, 23, 3], **kwargs), fused, "resnet101")
 
 
 @register_model
-def resnet152(**kwargs) -> ResNet:
+def resnet152(fused: bool = False, **kwargs) -> ResNet:
     """ResNet-152 (He et al. 2015, table 1): bottleneck blocks [3, 8, 36, 3]. Input 224x224.
     60,192,808 parameters; 11.514 G multiply-adds at 224x224."""
-    return ResNet(Bottleneck, [3, 8, 36, 3], **kwargs)
+    return maybe_fused(ResNet(Bottleneck, [3, 8, 36, 3], **kwargs), fused, "resnet152")
 
 
 @register_model
-def resnext50_32x4d(**kwargs) -> ResNet:
+def resnext50_32x4d(fused: bool = False, **kwargs) -> ResNet:
     """ResNeXt-50 32x4d (Xie et al. 2017): resnet50(groups=32, width_per_group=4). Input 224x224.
     25,028,904 parameters; 4.230 G multiply-adds at 224x224."""
     kwargs.setdefault("groups", 32)
     kwargs.setdefault("width_per_group", 4)
-    return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
+    return maybe_fused(ResNet(Bottleneck, [3, 4, 6, 3], **kwargs), fused, "resnext50_32x4d")
 
 
 @register_model
-def wide_resnet50_2(**kwargs) -> ResNet:
+def wide_resnet50_2(fused: bool = False, **kwargs) -> ResNet:
     """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): resnet50(width_per_group=128). Input 224x224.
     68,883,240 parameters; 11.398 G multiply-adds at 224x224."""
     kwargs.setdefault("width_per_group", 128)
-    return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
+    return maybe_fused(ResNet(Bottleneck, [3, 4, 6, 3], **kwargs), fused, "wide_resnet50_2")

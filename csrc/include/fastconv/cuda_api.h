@@ -74,6 +74,18 @@ cudaError_t conv2d_implicit_gemm_fprop_fused(const Conv2dShape& s, const T* x, c
                                              const AccT<T>* bias, const T* residual, bool relu, T* y, void* ws,
                                              size_t ws_bytes, cudaStream_t stream);
 
+// conv2d_igemm_tc.cu — fprop that also yields the batch statistics of its output (conv2d_bn_train):
+//   y = conv(x, w) (no epilogue); per output channel k, over the N·P·Q outputs as rounded to T:
+//   save_mean[k], batch_var[k] (biased), save_invstd[k] = 1/sqrt(batch_var[k] + eps), all float.
+// Welford/Chan (mean, M2) partials per warp slot in ws, merged in a fixed order by a second kernel
+// (deterministic, no atomics). ws: at least conv2d_implicit_gemm_fprop_stats_workspace_bytes(s)
+// bytes, 16-byte aligned. Shapes as conv2d_implicit_gemm_can_implement(s, kFprop, 2).
+size_t conv2d_implicit_gemm_fprop_stats_workspace_bytes(const Conv2dShape& s);
+template <typename T>
+cudaError_t conv2d_implicit_gemm_fprop_stats(const Conv2dShape& s, const T* x, const T* w, T* y, float* save_mean,
+                                             float* save_invstd, float* batch_var, double eps, void* ws,
+                                             size_t ws_bytes, cudaStream_t stream);
+
 // gemm_simt.cu — batched C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b], row-major, FP32 (or FP64)
 // accumulate. op(A) is M x K, op(B) is K x N. T in {float, __half, __nv_bfloat16}; Out in {T, float}.
 template <typename T, typename Out>
