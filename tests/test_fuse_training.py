@@ -1,7 +1,7 @@
 """Training fusion over many steps and on the big models (issue 15's done-when): a conv -> BN -> ReLU
 net fused with fastconv.fuse_for_training, trained 50 SGD steps in float64 beside the same net in
 torch.nn, keeps the same parameters and the same BatchNorm running statistics (momentum and the
-cumulative average); one training step of fused ResNet-50 and GoogLeNet matches torch.nn."""
+cumulative average); one training step of fused ResNet-50 and GoogLeNet matches torch.nn to 1e-10."""
 
 from __future__ import annotations
 
@@ -69,10 +69,12 @@ def test_fused_training_step_of_big_models(name, size):
         y.square().sum().backward()
         outs.append(y.detach())
         grads.append({n: p.grad for n, p in m.named_parameters()})
-    assert _rel(outs[1], outs[0]) <= 1e-8
+    # float64 to 1e-10 relative (measured: ResNet-50 output 1e-12, gradients 2.3e-11, exactly what the
+    # unfused fastconv model shows against torch.nn too; GoogLeNet 2e-14 / 2e-13).
+    assert _rel(outs[1], outs[0]) <= 1e-10
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
-        assert _rel(grads[1][n], grads[0][n]) <= 1e-7, n
+        assert _rel(grads[1][n], grads[0][n]) <= 1e-10, n
     rs, fs = reference.state_dict(), fused.state_dict()
     for k in rs:
         if "running" in k:
