@@ -62,18 +62,6 @@ __device__ __forceinline__ int64_t div_exact(int64_t a, int64_t d, double inv_d)
   return q;
 }
 
-// Chan's merge of (mb, m2b, nb) into (ma, m2a, na). Either side may be empty.
-template <typename Acc>
-__device__ __forceinline__ void chan_merge(Acc& ma, Acc& m2a, Acc& na, Acc mb, Acc m2b, Acc nb) {
-  const Acc n = na + nb;
-  if (n == Acc(0)) return;
-  const Acc d = mb - ma;
-  const Acc r = nb / n;
-  ma += d * r;
-  m2a += m2b + d * d * na * r;
-  na = n;
-}
-
 __device__ __forceinline__ float rsqrt_exact(float v) { return 1.0f / sqrtf(v); }
 __device__ __forceinline__ double rsqrt_exact(double v) { return 1.0 / sqrt(v); }
 

@@ -42,6 +42,20 @@ template <typename A> struct CompensatedSum {
   __device__ __forceinline__ A value() const { return sum + comp; }
 };
 
+// Chan's parallel merge of a group (mb, m2b, nb) — mean, sum of squared deviations, count — into
+// (ma, m2a, na): Welford's running form for two groups, used by every statistics reduction (the BN
+// kernels and the implicit-GEMM statistics epilogue). Either side may be empty.
+template <typename A>
+__device__ __forceinline__ void chan_merge(A& ma, A& m2a, A& na, A mb, A m2b, A nb) {
+  if (nb == A(0)) return;
+  const A n = na + nb;
+  const A d = mb - ma;
+  const A r = nb / n;
+  ma += d * r;
+  m2a += m2b + d * d * na * r;
+  na = n;
+}
+
 // Elements per 16-byte vector access, and V elements moved as one aligned access. V > 1 is only
 // used where the launcher has proven unit stride and 16-byte alignment.
 template <typename T> constexpr int kVecWidth = static_cast<int>(16 / sizeof(T));

@@ -500,18 +500,6 @@ __device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4]
 
 // ---- the kernel -------------------------------------------------------------------------------------
 
-// Chan's parallel merge of (count, mean, M2) b into a (Welford's running form for two groups).
-template <typename F>
-__device__ __forceinline__ void chan_merge(F& n, F& mean, F& m2, F nb, F mb, F m2b) {
-  const F nt = n + nb;
-  if (nb == F(0)) return;
-  const F delta = mb - mean;
-  const F fb = nb / nt;
-  mean += delta * fb;
-  m2 += m2b + delta * delta * n * fb;
-  n = nt;
-}
-
 template <typename Cfg, typename T, ConvDir kDir, bool kVec, bool kStats = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmParams<T> p) {
   static_assert(!kStats || kDir == ConvDir::kFprop, "batch statistics are an fprop epilogue");
@@ -667,7 +655,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
           const float nb = __shfl_xor_sync(0xffffffffu, n, off);
           const float mb = __shfl_xor_sync(0xffffffffu, mean, off);
           const float m2b = __shfl_xor_sync(0xffffffffu, m2, off);
-          chan_merge(n, mean, m2, nb, mb, m2b);
+          chan_merge(mean, m2, n, mb, m2b, nb);
         }
         if ((lane >> 2) == 0 && jj + c < p.Ngemm) part[jj + c] = make_float2(mean, m2);
       }
@@ -695,7 +683,7 @@ __global__ void __launch_bounds__(kStatsThreads) bn_stats_finalize_kernel(const 
     const int64_t rows = min(static_cast<int64_t>(rows_per_slot), static_cast<int64_t>(M) - t * rows_per_slot);
     if (rows <= 0) continue;
     const float2 v = partial[t * K + k];
-    chan_merge(n, mean, m2, static_cast<double>(rows), static_cast<double>(v.x), static_cast<double>(v.y));
+    chan_merge(mean, m2, n, static_cast<double>(v.x), static_cast<double>(v.y), static_cast<double>(rows));
   }
   sh_n[tid] = n;
   sh_mean[tid] = mean;
@@ -703,7 +691,7 @@ __global__ void __launch_bounds__(kStatsThreads) bn_stats_finalize_kernel(const 
   __syncthreads();
   for (int stride = kStatsThreads / 2; stride > 0; stride /= 2) {
     if (tid < stride) {
-      chan_merge(sh_n[tid], sh_mean[tid], sh_m2[tid], sh_n[tid + stride], sh_mean[tid + stride], sh_m2[tid + stride]);
+      chan_merge(sh_mean[tid], sh_m2[tid], sh_n[tid], sh_mean[tid + stride], sh_m2[tid + stride], sh_n[tid + stride]);
     }
     __syncthreads();
   }
