@@ -27,6 +27,8 @@
 #define __shared__ FASTCONV_EMU_use_FC_SHARED_instead_of___shared__
 #define __constant__ FASTCONV_EMU_no_constant_memory
 #define __launch_bounds__(...)
+// Kernel parameters are one copy per launch, shared by its threads (as the driver's parameter space).
+#define __grid_constant__
 
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>

@@ -3,6 +3,7 @@
 //   cp.async / commit_group / wait_group / wait_all      §9.7.9.25 (data movement, asynchronous copy)
 //   ldmatrix                                             §9.7.14.5.15 (warp-level matrix load)
 //   mma.m16n8k16 .f16/.bf16 with .f32 accumulators       §9.7.14.5.8 (fragments for mma.m16n8k16)
+//   mma.m16n8k8 .tf32 with .f32 accumulators             §9.7.14.5.7 (fragments for mma.m16n8k8)
 // Same signatures as the nvcc versions, plus defaulted source locations for the fault reports.
 // What is not modelled: the accumulation order and internal rounding of mma (here: exact products,
 // summed in double, rounded once to FP32 per instruction), and cache behaviour (.ca vs .cg).
@@ -205,5 +206,75 @@ inline void mma_16816<__nv_bfloat16>(float (&d)[4], const unsigned int (&a)[4], 
   emu_detail::mma_16816_emu<true>(d, a, b, file, line);
 }
 
+// ---- mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 ----------------------------------------------------
+
+namespace emu_detail {
+
+// The TF32 value the tensor core reads from an FP32 bit pattern: sign, exponent and the top 10
+// mantissa bits. The ISA gives .tf32 operands as .b32 registers in the FP32 format and leaves the
+// low 13 mantissa bits to the hardware; the emulator's reading is that it ignores them (clears
+// them: truncation toward zero, which keeps Inf, and keeps a NaN a NaN unless its payload lies
+// only in those bits, where it becomes Inf — such NaNs do not come out of FP32 arithmetic).
+inline float tf32_operand(uint32_t bits) {
+  const uint32_t t = bits & 0xffffe000u;
+  float f;
+  std::memcpy(&f, &t, 4);
+  return f;
+}
+
+// Fragments, PTX ISA "Matrix Fragments for mma.m16n8k8", .tf32 (groupID g = lane / 4,
+// threadID_in_group t = lane % 4), one element per .b32 register:
+//   A (16x8, row): a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4], a3 = A[g+8][t+4]
+//   B (8x8, col):  b0 = B[t][g], b1 = B[t+4][g]
+//   C, D (16x8):   c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1] (as m16n8k16)
+// D = A·B + C: exact products of the TF32 operands summed with c in double, rounded once to FP32.
+inline void mma_1688_tf32_op(const ::fc_emu::CollectiveContext&, const void* const* ins, void* const* outs) {
+  float A[16][8], B[8][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const MmaIn& in = *static_cast<const MmaIn*>(ins[l]);
+    const int g = l / 4, t = l % 4;
+    A[g][t] = tf32_operand(in.a[0]);
+    A[g + 8][t] = tf32_operand(in.a[1]);
+    A[g][t + 4] = tf32_operand(in.a[2]);
+    A[g + 8][t + 4] = tf32_operand(in.a[3]);
+    B[t][g] = tf32_operand(in.b[0]);
+    B[t + 4][g] = tf32_operand(in.b[1]);
+    C[g][2 * t] = in.c[0];
+    C[g][2 * t + 1] = in.c[1];
+    C[g + 8][2 * t] = in.c[2];
+    C[g + 8][2 * t + 1] = in.c[3];
+  }
+  float D[16][8];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      double acc = C[m][n];
+      for (int k = 0; k < 8; ++k) acc += double(A[m][k]) * double(B[k][n]);
+      D[m][n] = static_cast<float>(acc);
+    }
+  for (int l = 0; l < 32; ++l) {
+    float* d = static_cast<float*>(outs[l]);
+    const int g = l / 4, t = l % 4;
+    d[0] = D[g][2 * t];
+    d[1] = D[g][2 * t + 1];
+    d[2] = D[g + 8][2 * t];
+    d[3] = D[g + 8][2 * t + 1];
+  }
+}
+
+}  // namespace emu_detail
+
+inline void mma_1688_tf32(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2],
+                          const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  emu_detail::MmaIn in{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
+  float out[4];
+  ::fc_emu::collective(0xffffffffu, emu_detail::mma_1688_tf32_op, "mma.sync.m16n8k8 (.sync.aligned: whole warp)", &in,
+                       out, file, line);
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
 }  // namespace cuda
 }  // namespace fastconv
+
+// Hopper (sm_90a): asynchronous data movement and barriers, then warpgroup MMA.
+#include "ptx_emu_sm90_async.h"
+#include "ptx_emu_wgmma.h"

@@ -78,6 +78,7 @@ std::string thread_label_of_current();  // for the ASan death callback
 
 constexpr size_t kPoisonByte = 0xff;  // NaN in every float format, -1 in every integer
 constexpr int kMaxThreadsPerBlock = 1024;
+ThreadSlotExitHook g_slot_exit_hooks[kThreadSlots] = {};
 constexpr unsigned kMaxBlockDimZ = 64;
 constexpr unsigned kMaxGridDimYZ = 65535;
 constexpr unsigned kMaxGridDimX = 0x7fffffffu;
@@ -168,7 +169,35 @@ struct CollectiveArrival {
   void* out;
 };
 
-enum class FiberState { kRunnable, kBarrier, kCollective, kDone };
+enum class FiberState { kRunnable, kBarrier, kCollective, kMbarrier, kDone };
+
+// One cp.async.bulk.tensor in flight: the destination is poisoned at issue; the copy lands when its
+// barrier has no pending arrivals left and a thread polls it (or nothing else can run).
+struct TmaCopy {
+  uint8_t* dst;       // host pointer of the destination's first byte
+  uint32_t dst_addr;  // its shared address (the swizzle works on it)
+  uint32_t bytes;     // the box, out-of-bounds elements included: what complete_tx counts
+  uint32_t footprint; // bytes from dst that the swizzled box touches
+  TensorMapDesc map;
+  int32_t coords[kTensorMapMaxRank];
+  uint16_t offsets[kTensorMapMaxRank - 2];
+  bool im2col;
+  const char* file;
+  int line;
+  int issuer;  // linear thread index
+};
+
+// mbarrier state (PTX ISA "mbarrier": phase, pending arrival count, expected arrival count, tx-count).
+struct Mbarrier {
+  uint32_t count = 0;    // expected arrivals per phase
+  uint32_t pending = 0;  // arrivals still missing in the current phase
+  int64_t tx = 0;        // tx-count of the current phase
+  uint32_t phase = 0;    // completed phases; the current phase's parity is phase & 1
+  std::vector<TmaCopy> inflight;
+  const char* file = nullptr;  // where it was initialised
+  int line = 0;
+  char sync = 0;  // TSan: arrive releases, a successful wait acquires
+};
 
 struct Thread {
   Fiber fiber;
@@ -179,9 +208,12 @@ struct Thread {
   const char* file = nullptr;  // where it waits
   int line = 0;
   CollectiveArrival coll{};
+  uint32_t mb_addr = 0, mb_parity = 0;  // the mbarrier phase it waits for (kMbarrier)
+  bool mb_released = false;             // that phase completed while it waited
   std::vector<CpAsyncCopy> cp_open;                // issued, not yet committed
   std::vector<std::vector<CpAsyncCopy>> cp_groups;  // committed, oldest first
   uint32_t cp_seq = 0;                             // counts this thread's cp.async (for counters)
+  void* slots[kThreadSlots] = {};                   // per-thread state of instruction families (runtime.h)
 #if defined(FASTCONV_EMU_TSAN)
   void* tsan_fiber = nullptr;
   std::string tsan_name;
@@ -217,6 +249,7 @@ struct Exec {
   uint64_t barrier_gen = 0;
   std::vector<uint64_t> warp_gen;
   std::vector<SharedAlloc> shared;
+  std::map<uint32_t, Mbarrier> mbarriers;  // by shared address; node addresses are stable (TSan syncs)
   size_t static_bytes = 0;
   uint32_t next_static_base = 0;
   // scheduler
@@ -448,6 +481,11 @@ bool try_complete_collective(Exec& ex, Thread& t) {
 
 // A fiber exits: lanes waiting for it in a collective, or a barrier now complete without it.
 void on_thread_exit(Exec& ex, Thread& t) {
+  for (int i = 0; i < kThreadSlots; ++i) {
+    void* v = t.slots[i];
+    t.slots[i] = nullptr;
+    if (v != nullptr && g_slot_exit_hooks[i] != nullptr) g_slot_exit_hooks[i](v);
+  }
   complete_copies(t.cp_open);  // un-waited copies still land, as on the hardware
   for (auto& g : t.cp_groups) complete_copies(g);
   t.cp_groups.clear();
@@ -593,9 +631,63 @@ void flush_cp_records(Exec& ex) {
   ex.cp_records.clear();
 }
 
+// ---- mbarriers at the scheduler's level ------------------------------------------------------------------------
+
+std::string hex32(uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof(b), "0x%x", v);
+  return b;
+}
+
+std::string describe_mbarrier(const Exec& ex, uint32_t addr) {
+  auto it = ex.mbarriers.find(addr);
+  if (it == ex.mbarriers.end()) return "not initialised";
+  const Mbarrier& b = it->second;
+  char buf[192];
+  std::snprintf(buf, sizeof(buf), "phase %u (parity %u), %u of %u arrivals pending, tx-count %lld, %zu TMA copies in flight",
+                b.phase, b.phase & 1u, b.pending, b.count, static_cast<long long>(b.tx), b.inflight.size());
+  return buf;
+}
+
+// Nothing can run: a thread waiting on a barrier whose arrivals are all in but whose copies have not
+// landed is polling it, so the copies may land now — resume it to poll (it lands them on its fiber).
+bool wake_mbarrier_poller(Exec& ex) {
+  for (Thread& t : ex.threads) {
+    if (t.state != FiberState::kMbarrier) continue;
+    auto it = ex.mbarriers.find(t.mb_addr);
+    if (it != ex.mbarriers.end() && it->second.pending == 0 && !it->second.inflight.empty()) {
+      t.state = FiberState::kRunnable;
+      return true;
+    }
+  }
+  return false;
+}
+
+// The block has finished: a copy still in flight was never waited for (its bytes would land in shared
+// memory that no longer belongs to the block).
+void check_mbarriers_at_exit(Exec& ex) {
+  for (const auto& kv : ex.mbarriers) {
+    if (kv.second.inflight.empty()) continue;
+    const TmaCopy& c = kv.second.inflight.front();
+    ex.fault = cudaErrorLaunchFailure;
+    ex.report = "fastconv-emu: " + std::string(cudaGetErrorName(ex.fault)) + " in kernel " + kernel_label(ex) +
+                ", block (" + std::to_string(ex.block.x) + "," + std::to_string(ex.block.y) + "," +
+                std::to_string(ex.block.z) + "): the TMA copy (cp.async.bulk.tensor) issued at " +
+                where(c.file, c.line) + " by " + thread_label(ex.threads[static_cast<size_t>(c.issuer)]) +
+                " on mbarrier " + hex32(kv.first) + " was never waited for: the block exited with it in flight (" +
+                describe_mbarrier(ex, kv.first) + ")";
+    if (dev().abort_on_fault) {
+      std::fprintf(stderr, "%s\n", ex.report.c_str());
+      std::abort();
+    }
+    return;
+  }
+}
+
 // ---- running a launch -----------------------------------------------------------------------------------------
 
 void run_block(Exec& ex) {
+  ex.mbarriers.clear();
   ex.live = ex.nthreads;
   ex.at_barrier = 0;
   if (ex.spec.dyn_smem > 0) {
@@ -609,6 +701,7 @@ void run_block(Exec& ex) {
     t.cp_open.clear();
     t.cp_groups.clear();
     t.cp_seq = 0;
+    for (void*& v : t.slots) v = nullptr;
 #if defined(FC_EMU_ASAN)
     __asan_unpoison_memory_region(t.fiber.stack_lo, t.fiber.stack_size);
 #endif
@@ -630,16 +723,26 @@ void run_block(Exec& ex) {
       switch_into(ex, t);
       progress = true;
     }
+    if (!progress && ex.fault == cudaSuccess && wake_mbarrier_poller(ex)) {
+      next = 0;
+      continue;
+    }
     if (!progress && ex.fault == cudaSuccess) {
       // Nobody can run and somebody is alive: the block can never complete.
       std::string who;
       int shown = 0;
       for (Thread& t : ex.threads) {
         if (t.state == FiberState::kDone || shown >= 4) continue;
-        who += (shown ? "; " : "") + thread_label(t) + " waits " +
-               (t.state == FiberState::kBarrier ? std::string("at __syncthreads() ")
-                                                : std::string("in ") + t.coll.what + " ") +
-               where(t.file, t.line);
+        std::string what;
+        if (t.state == FiberState::kBarrier) {
+          what = "at __syncthreads() " + where(t.file, t.line);
+        } else if (t.state == FiberState::kMbarrier) {
+          what = "on mbarrier " + hex32(t.mb_addr) + " parity " + std::to_string(t.mb_parity) + " at " +
+                 where(t.file, t.line) + " (" + describe_mbarrier(ex, t.mb_addr) + ")";
+        } else {
+          what = std::string("in ") + t.coll.what + " " + where(t.file, t.line);
+        }
+        who += (shown ? "; " : "") + thread_label(t) + " waits " + what;
         ++shown;
       }
       ex.fault = cudaErrorLaunchTimeout;
@@ -653,10 +756,12 @@ void run_block(Exec& ex) {
     }
     next = 0;
   }
+  if (ex.fault == cudaSuccess) check_mbarriers_at_exit(ex);
   if (ex.fault != cudaSuccess) {
     for (Thread& t : ex.threads)
       if (t.started && t.state != FiberState::kDone) switch_into(ex, t);
   }
+  ex.mbarriers.clear();
   flush_cp_records(ex);
   free_block_shared(ex);
 }
@@ -824,6 +929,9 @@ unsigned ballot(unsigned mask, int pred, const char* file, int line) {
 
 unsigned lane_id() { return static_cast<unsigned>(current_thread("lane_id").lane); }
 
+void** thread_slot(int i) { return &current_thread("thread_slot").slots[i]; }
+void set_thread_slot_exit_hook(int i, ThreadSlotExitHook hook) { g_slot_exit_hooks[i] = hook; }
+
 void fault(cudaError_t code, const std::string& msg) {
   current_thread("fault");
   fault_in_fiber(code, msg);
@@ -967,6 +1075,456 @@ bool is_device_range(const void* p, size_t bytes) {
   return a >= it->first && a + bytes <= it->first + it->second.bytes;
 }
 
+// ---- mbarrier and TMA (sm_90) ---------------------------------------------------------------------------------
+
+namespace {
+
+constexpr uint32_t kMbarrierBytes = 8;
+constexpr uint32_t kMbarrierMaxCount = (1u << 20) - 1;  // PTX ISA: expected arrival count in [1, 2^20 - 1]
+constexpr int64_t kTxCountLimit = (1 << 20) - 1;        // PTX ISA: tx-count in [-(2^20 - 1), 2^20 - 1]
+constexpr uint32_t kTmaChunk = 16;                      // the swizzle permutes 16-byte chunks
+constexpr uint32_t kTmaAlign = 128;                     // destination alignment without swizzle
+constexpr int kTmaMaxRowBytes = 256 * 4;                // box inner extent <= 256 elements of <= 4 bytes
+constexpr uint32_t kTensorMapMagic = 0x4d544346u;       // "FCTM"
+constexpr uint32_t kTensorMapAlign = 64;
+
+// The runtime's own allocations made on a CUDA thread's fiber are no access of that thread.
+struct TsanIgnore {
+#if defined(FASTCONV_EMU_TSAN)
+  TsanIgnore() { __tsan_ignore_thread_begin(); }
+  ~TsanIgnore() { __tsan_ignore_thread_end(); }
+#else
+  TsanIgnore() {}
+  ~TsanIgnore() {}
+#endif
+  TsanIgnore(const TsanIgnore&) = delete;
+  TsanIgnore& operator=(const TsanIgnore&) = delete;
+};
+
+// PTX ISA "Tensor swizzling modes": within each (span x 8)-byte pattern the 16-byte chunk index
+// (shared-address bits [4, 4 + log2(span / 16))) is XORed with the 128-byte row index (bits [7, ...)).
+// 128B: bits 4-6 ^= bits 7-9; 64B: bits 4-5 ^= bits 7-8; 32B: bit 4 ^= bit 7.
+uint32_t swizzle_address(uint32_t addr, int swizzle_bytes) {
+  if (swizzle_bytes == 0) return addr;
+  const uint32_t mask = static_cast<uint32_t>(swizzle_bytes) / kTmaChunk - 1u;
+  return addr ^ (((addr >> 7) & mask) << 4);
+}
+
+Mbarrier& mbarrier_at(uint32_t bar, const char* what, const char* file, int line) {
+  Thread& t = current_thread(what);
+  Exec& ex = *t_exec;
+  if (bar % kMbarrierBytes != 0)
+    fault_in_fiber(cudaErrorMisalignedAddress, std::string(what) + " at " + where(file, line) + " of " +
+                                                   thread_label(t) + ": mbarrier address " + hex32(bar) +
+                                                   " is not 8-byte aligned");
+  uint8_t* p = shared_pointer(bar, kMbarrierBytes, what, file, line);
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_read_range(p, kMbarrierBytes);  // ordered after the init only by a barrier, as on the hardware
+#endif
+  (void)p;
+  auto it = ex.mbarriers.find(bar);
+  if (it == ex.mbarriers.end())
+    fault_in_fiber(cudaErrorLaunchFailure, std::string(what) + " at " + where(file, line) + " of " +
+                                               thread_label(t) + ": mbarrier " + hex32(bar) +
+                                               " is not initialised (no mbarrier.init of it in this block)");
+  return it->second;
+}
+
+void check_tx(const Mbarrier& b, uint32_t bar, const char* what, const char* file, int line) {
+  if (b.tx > kTxCountLimit || b.tx < -kTxCountLimit)
+    fault_in_fiber(cudaErrorLaunchFailure, std::string(what) + " at " + where(file, line) + ": the tx-count of mbarrier " +
+                                               hex32(bar) + " becomes " + std::to_string(b.tx) +
+                                               ", outside the ISA's range [-(2^20 - 1), 2^20 - 1]");
+}
+
+// The current phase completes when no arrival is pending and the tx-count is zero: its waiters go on.
+void complete_phase_if_done(Exec& ex, uint32_t bar, Mbarrier& b) {
+  if (b.pending != 0 || b.tx != 0) return;
+  const uint32_t done_parity = b.phase & 1u;
+  ++b.phase;
+  b.pending = b.count;
+  for (Thread& o : ex.threads)
+    if (o.state == FiberState::kMbarrier && o.mb_addr == bar && o.mb_parity == done_parity) {
+      o.state = FiberState::kRunnable;
+      o.mb_released = true;
+    }
+}
+
+// Scatters one box row (row_bytes, a multiple of 16) to shared memory through the swizzle.
+void write_row(const TmaCopy& c, uint32_t r, uint32_t row_bytes, const uint8_t* row) {
+  for (uint32_t k = 0; k < row_bytes; k += kTmaChunk) {
+    const uint32_t a = swizzle_address(c.dst_addr + r * row_bytes + k, c.map.swizzle_bytes);
+    std::memcpy(c.dst + (a - c.dst_addr), row + k, kTmaChunk);
+  }
+}
+
+// Copies elements [lo, hi) of a row from global memory (the rest of the row stays zero).
+void read_span(uint8_t* row, const uint8_t* src, int64_t lo, int64_t hi, int eb) {
+  if (hi <= lo) return;
+  const size_t n = static_cast<size_t>(hi - lo) * static_cast<size_t>(eb);
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_read_range(const_cast<uint8_t*>(src), n);
+#endif
+  std::memcpy(row + lo * eb, src, n);
+}
+
+// The copy lands: every box element from global memory, zero where out of bounds.
+void count_tma_gmem(uint64_t bytes) {
+  Exec* ex = t_exec;
+  if (ex != nullptr && ex->counting) ex->ctr->tma_gmem_bytes += bytes;
+}
+
+void land_copy(const TmaCopy& c) {
+  const TensorMapDesc& m = c.map;
+  const int eb = m.elem_bytes;
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(m.base);
+  uint8_t row[kTmaMaxRowBytes];
+  if (!c.im2col) {
+    // Tile mode: box element (j0, j1, ...) is tensor element (c0 + j0, c1 + j1·es1, ...), row-major in
+    // shared memory with dim 0 innermost; elementStrides[0] is ignored (the driver's documentation).
+    const uint32_t row_bytes = m.box[0] * static_cast<uint32_t>(eb);
+    const uint32_t rows = c.bytes / row_bytes;
+    for (uint32_t r = 0; r < rows; ++r) {
+      std::memset(row, 0, row_bytes);
+      bool inside = true;
+      int64_t off = 0;
+      uint32_t rest = r;
+      for (int i = 1; i < m.rank; ++i) {
+        const uint32_t n = (m.box[i] + m.elem_strides[i] - 1) / m.elem_strides[i];
+        const int64_t g = int64_t(c.coords[i]) + int64_t(rest % n) * m.elem_strides[i];
+        rest /= n;
+        inside = inside && g >= 0 && g < int64_t(m.dims[i]);
+        off += g * int64_t(m.strides[i]);
+      }
+      if (inside) {
+        const int64_t c0 = c.coords[0];
+        const int64_t lo = std::max<int64_t>(0, -c0), hi = std::min<int64_t>(m.box[0], int64_t(m.dims[0]) - c0);
+        if (hi > lo) {
+          read_span(row, base + off + (c0 + lo) * eb, lo, hi, eb);
+          count_tma_gmem(uint64_t(hi - lo) * uint64_t(eb));
+        }
+      }
+      write_row(c, r, row_bytes, row);
+    }
+    return;
+  }
+  // Im2col mode (dims {C, spatial..., N}): pixel j's corner is the j-th step of a row-major traversal
+  // (first spatial dim fastest, then the next, then N) over the corner box [lower_s, dims_s - 1 + upper_s]
+  // in steps of elementStrides[s], from the instruction's coordinates; the pixel read is the corner plus
+  // the instruction's offsets, channels [c, c + channelsPerPixel), zero out of bounds (n >= N included).
+  const int spatial = m.rank - 2;
+  const uint32_t row_bytes = m.channels * static_cast<uint32_t>(eb);
+  int64_t pos[kTensorMapMaxRank] = {};
+  for (int i = 0; i < m.rank; ++i) pos[i] = c.coords[i];
+  for (uint32_t j = 0; j < m.pixels; ++j) {
+    std::memset(row, 0, row_bytes);
+    bool inside = pos[m.rank - 1] >= 0 && pos[m.rank - 1] < int64_t(m.dims[m.rank - 1]);
+    int64_t off = pos[m.rank - 1] * int64_t(m.strides[m.rank - 1]);
+    for (int s = 1; s <= spatial; ++s) {
+      const int64_t x = pos[s] + c.offsets[s - 1];
+      inside = inside && x >= 0 && x < int64_t(m.dims[s]);
+      off += x * int64_t(m.strides[s]);
+    }
+    if (inside) {
+      const int64_t c0 = c.coords[0];
+      const int64_t lo = std::max<int64_t>(0, -c0), hi = std::min<int64_t>(m.channels, int64_t(m.dims[0]) - c0);
+      if (hi > lo) {
+        read_span(row, base + off + (c0 + lo) * eb, lo, hi, eb);
+        count_tma_gmem(uint64_t(hi - lo) * uint64_t(eb));
+      }
+    }
+    write_row(c, j, row_bytes, row);
+    for (int s = 1; s <= spatial + 1; ++s) {
+      if (s == spatial + 1) {
+        ++pos[m.rank - 1];
+        break;
+      }
+      pos[s] += m.elem_strides[s];
+      if (pos[s] <= int64_t(m.dims[s]) - 1 + m.upper[s - 1]) break;
+      pos[s] = m.lower[s - 1];
+    }
+  }
+}
+
+// A thread polls a barrier whose arrivals are all in: its copies land now, on that thread's fiber (TSan:
+// ordered after the issue, and before every waiter of the phase by the release).
+void land_copies(Exec& ex, uint32_t bar, Mbarrier& b, const char* what, const char* file, int line) {
+  std::vector<TmaCopy> copies;
+  copies.swap(b.inflight);
+  for (const TmaCopy& c : copies) {
+#if defined(FASTCONV_EMU_TSAN)
+    __tsan_acquire(&b.sync);
+    __tsan_write_range(c.dst, c.footprint);
+#endif
+    land_copy(c);
+    b.tx -= c.bytes;
+#if defined(FASTCONV_EMU_TSAN)
+    __tsan_release(&b.sync);
+#endif
+  }
+  {
+    TsanIgnore ignore;
+    copies.clear();
+    copies.shrink_to_fit();
+  }
+  check_tx(b, bar, what, file, line);
+  complete_phase_if_done(ex, bar, b);
+}
+
+uint32_t fnv1a(const uint8_t* p, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
+
+// The emulator's CUtensorMap: this record, then (in the last 4 bytes) a checksum of it.
+struct PackedTensorMap {
+  uint32_t magic;
+  uint8_t im2col, rank, elem_bytes, swizzle_bytes;
+  uint64_t base;
+  uint64_t strides[kTensorMapMaxRank - 1];  // bytes, dims 1..rank-1
+  uint32_t dims_minus1[kTensorMapMaxRank];  // dims are 1 .. 2^32
+  uint16_t box[kTensorMapMaxRank];
+  int16_t lower[kTensorMapMaxRank - 2], upper[kTensorMapMaxRank - 2];
+  uint16_t channels, pixels;
+  uint8_t elem_strides[kTensorMapMaxRank];
+  uint8_t dtype;
+};
+constexpr size_t kTensorMapChecksumAt = sizeof(CUtensorMap) - sizeof(uint32_t);
+static_assert(sizeof(PackedTensorMap) <= kTensorMapChecksumAt, "the packed tensor map must fit a CUtensorMap");
+
+}  // namespace
+
+void encode_tensor_map(CUtensorMap* map, const TensorMapDesc& d) {
+  PackedTensorMap p;
+  std::memset(&p, 0, sizeof(p));
+  p.magic = kTensorMapMagic;
+  p.im2col = d.im2col ? 1 : 0;
+  p.rank = static_cast<uint8_t>(d.rank);
+  p.elem_bytes = static_cast<uint8_t>(d.elem_bytes);
+  p.swizzle_bytes = static_cast<uint8_t>(d.swizzle_bytes);
+  p.base = d.base;
+  p.dtype = static_cast<uint8_t>(d.dtype);
+  for (int i = 0; i < d.rank; ++i) {
+    if (i > 0) p.strides[i - 1] = d.strides[i];
+    p.dims_minus1[i] = static_cast<uint32_t>(d.dims[i] - 1);
+    p.box[i] = static_cast<uint16_t>(d.box[i]);
+    p.elem_strides[i] = static_cast<uint8_t>(d.elem_strides[i]);
+  }
+  for (int s = 0; s < kTensorMapMaxRank - 2; ++s) {
+    p.lower[s] = static_cast<int16_t>(d.lower[s]);
+    p.upper[s] = static_cast<int16_t>(d.upper[s]);
+  }
+  p.channels = static_cast<uint16_t>(d.channels);
+  p.pixels = static_cast<uint16_t>(d.pixels);
+  uint8_t bytes[sizeof(CUtensorMap)] = {};
+  std::memcpy(bytes, &p, sizeof(p));
+  const uint32_t sum = fnv1a(bytes, kTensorMapChecksumAt);
+  std::memcpy(bytes + kTensorMapChecksumAt, &sum, sizeof(sum));
+  std::memcpy(map, bytes, sizeof(bytes));
+}
+
+bool decode_tensor_map(const CUtensorMap* map, TensorMapDesc* d) {
+  uint8_t bytes[sizeof(CUtensorMap)];
+  std::memcpy(bytes, map, sizeof(bytes));
+  uint32_t sum;
+  std::memcpy(&sum, bytes + kTensorMapChecksumAt, sizeof(sum));
+  PackedTensorMap p;
+  std::memcpy(&p, bytes, sizeof(p));
+  if (p.magic != kTensorMapMagic || sum != fnv1a(bytes, kTensorMapChecksumAt) || p.rank < 1 ||
+      p.rank > kTensorMapMaxRank || (p.elem_bytes != 1 && p.elem_bytes != 2 && p.elem_bytes != 4))
+    return false;
+  *d = TensorMapDesc{};
+  d->im2col = p.im2col != 0;
+  d->rank = p.rank;
+  d->dtype = p.dtype;
+  d->elem_bytes = p.elem_bytes;
+  d->swizzle_bytes = p.swizzle_bytes;
+  d->base = p.base;
+  for (int i = 0; i < p.rank; ++i) {
+    d->strides[i] = i == 0 ? p.elem_bytes : p.strides[i - 1];
+    d->dims[i] = uint64_t(p.dims_minus1[i]) + 1;
+    d->box[i] = p.box[i];
+    d->elem_strides[i] = p.elem_strides[i];
+  }
+  for (int s = 0; s < kTensorMapMaxRank - 2; ++s) {
+    d->lower[s] = p.lower[s];
+    d->upper[s] = p.upper[s];
+  }
+  d->channels = p.channels;
+  d->pixels = p.pixels;
+  return true;
+}
+
+void mbarrier_init(uint32_t bar, uint32_t count, const char* file, int line) {
+  Thread& t = current_thread("mbarrier.init");
+  Exec& ex = *t_exec;
+  const std::string what = "mbarrier.init at " + where(file, line) + " of " + thread_label(t);
+  if (bar % kMbarrierBytes != 0)
+    fault_in_fiber(cudaErrorMisalignedAddress, what + ": mbarrier address " + hex32(bar) + " is not 8-byte aligned");
+  uint8_t* p = shared_pointer(bar, kMbarrierBytes, "mbarrier.init", file, line);
+  if (count < 1 || count > kMbarrierMaxCount)
+    fault_in_fiber(cudaErrorLaunchFailure, what + ": count " + std::to_string(count) + " outside [1, 2^20 - 1]");
+  auto it = ex.mbarriers.find(bar);
+  if (it != ex.mbarriers.end()) {
+    for (const Thread& o : ex.threads)
+      if (o.state == FiberState::kMbarrier && o.mb_addr == bar)
+        fault_in_fiber(cudaErrorLaunchFailure, what + ": mbarrier " + hex32(bar) + " is re-initialised while " +
+                                                   thread_label(o) + " waits on it at " + where(o.file, o.line));
+    if (!it->second.inflight.empty())
+      fault_in_fiber(cudaErrorLaunchFailure, what + ": mbarrier " + hex32(bar) +
+                                                 " is re-initialised while a TMA copy on it (issued at " +
+                                                 where(it->second.inflight.front().file, it->second.inflight.front().line) +
+                                                 ") is in flight");
+  }
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_write_range(p, kMbarrierBytes);
+#endif
+  (void)p;
+  TsanIgnore ignore;
+  Mbarrier& b = ex.mbarriers[bar];
+  b.count = count;
+  b.pending = count;
+  b.tx = 0;
+  b.phase = 0;
+  b.file = file;
+  b.line = line;
+}
+
+void mbarrier_arrive(uint32_t bar, bool expect_tx, uint32_t tx_bytes, const char* file, int line) {
+  const char* what = expect_tx ? "mbarrier.arrive.expect_tx" : "mbarrier.arrive";
+  Thread& t = current_thread(what);
+  Exec& ex = *t_exec;
+  Mbarrier& b = mbarrier_at(bar, what, file, line);
+  if (expect_tx && tx_bytes > uint32_t(kTxCountLimit))
+    fault_in_fiber(cudaErrorLaunchFailure, std::string(what) + " at " + where(file, line) + ": expect-tx count " +
+                                               std::to_string(tx_bytes) + " outside [0, 2^20 - 1]");
+  // Copies that could have landed already (every arrival in): this arrival comes after them.
+  if (b.pending == 0 && !b.inflight.empty()) land_copies(ex, bar, b, what, file, line);
+  if (b.pending == 0)
+    fault_in_fiber(cudaErrorLaunchFailure,
+                   std::string(what) + " at " + where(file, line) + " of " + thread_label(t) + ": over-arrival on mbarrier " +
+                       hex32(bar) + " (initialised at " + where(b.file, b.line) + "): its current phase has no pending arrival (" +
+                       describe_mbarrier(ex, bar) + ")");
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_release(&b.sync);
+#endif
+  if (expect_tx) {
+    b.tx += tx_bytes;
+    check_tx(b, bar, what, file, line);
+  }
+  --b.pending;
+  complete_phase_if_done(ex, bar, b);
+}
+
+bool mbarrier_try_wait_parity(uint32_t bar, uint32_t parity, const char* file, int line) {
+  const char* what = "mbarrier.try_wait.parity";
+  Thread& t = current_thread(what);
+  Exec& ex = *t_exec;
+  if (parity > 1)
+    fault_in_fiber(cudaErrorLaunchFailure, std::string(what) + " at " + where(file, line) + ": phaseParity " +
+                                               std::to_string(parity) + " is neither 0 nor 1");
+  for (;;) {
+    Mbarrier& b = mbarrier_at(bar, what, file, line);
+    // The phase with parity p has completed iff the current phase's parity differs from p.
+    if ((b.phase & 1u) != parity) break;
+    if (b.pending == 0 && !b.inflight.empty()) {
+      land_copies(ex, bar, b, what, file, line);
+      continue;
+    }
+    t.state = FiberState::kMbarrier;
+    t.mb_addr = bar;
+    t.mb_parity = parity;
+    t.mb_released = false;
+    t.file = file;
+    t.line = line;
+    switch_out(ex, t, false);
+    if (t.mb_released) break;
+    // Resumed by the scheduler to poll (nothing else could run): look again.
+  }
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_acquire(&ex.mbarriers.find(bar)->second.sync);
+#endif
+  return true;
+}
+
+void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int rank, const int32_t* coords, bool im2col,
+              const uint16_t* offsets, const char* file, int line) {
+  Thread& t = current_thread("cp.async.bulk.tensor");
+  const std::string what = "cp.async.bulk.tensor." + std::to_string(rank) + "d." + (im2col ? "im2col" : "tile") +
+                           " at " + where(file, line) + " of " + thread_label(t);
+  if (reinterpret_cast<uintptr_t>(map) % kTensorMapAlign != 0)
+    fault_in_fiber(cudaErrorMisalignedAddress, what + ": the tensor map's address is not 64-byte aligned");
+  TensorMapDesc m;
+  if (!decode_tensor_map(map, &m))
+    fault_in_fiber(cudaErrorLaunchFailure,
+                   what + ": the tensor map was not made by fastconv::cuda::encode_tensor_map_* (magic or checksum wrong)");
+  if (m.im2col != im2col || m.rank != rank)
+    fault_in_fiber(cudaErrorLaunchFailure, what + ": the tensor map is a rank-" + std::to_string(m.rank) + " " +
+                                               (m.im2col ? "im2col" : "tiled") + " map");
+  Mbarrier& b = mbarrier_at(bar, "cp.async.bulk.tensor", file, line);
+  uint32_t row_bytes = 0, rows = 1;
+  if (im2col) {
+    row_bytes = m.channels * static_cast<uint32_t>(m.elem_bytes);
+    rows = m.pixels;
+    for (int s = 1; s <= rank - 2; ++s) {
+      const int64_t lo = m.lower[s - 1], hi = int64_t(m.dims[s]) - 1 + m.upper[s - 1];
+      if (coords[s] < lo || coords[s] > hi)
+        fault_in_fiber(cudaErrorLaunchFailure, what + ": coordinate " + std::to_string(coords[s]) + " of dim " +
+                                                   std::to_string(s) + " is outside the bounding box [" +
+                                                   std::to_string(lo) + ", " + std::to_string(hi) +
+                                                   "] of the tensor map's corners (emulator's rule)");
+    }
+  } else {
+    row_bytes = m.box[0] * static_cast<uint32_t>(m.elem_bytes);
+    for (int i = 1; i < rank; ++i) rows *= (m.box[i] + m.elem_strides[i] - 1) / m.elem_strides[i];
+  }
+  const uint32_t bytes = row_bytes * rows;
+  // Destination alignment: 128 bytes; with a swizzle, the pattern's repeat (8 rows of the span).
+  const uint32_t align = m.swizzle_bytes != 0 ? 8u * static_cast<uint32_t>(m.swizzle_bytes) : kTmaAlign;
+  if (dst % align != 0)
+    fault_in_fiber(cudaErrorMisalignedAddress, what + ": destination " + hex32(dst) + " is not " +
+                                                   std::to_string(align) + "-byte aligned" +
+                                                   (m.swizzle_bytes ? " (as its swizzle mode needs)" : ""));
+  uint32_t footprint = 0;
+  for (uint32_t k = 0; k < bytes; k += kTmaChunk)
+    footprint = std::max(footprint, swizzle_address(dst + k, m.swizzle_bytes) - dst + kTmaChunk);
+  uint8_t* d = shared_pointer(dst, footprint, "cp.async.bulk.tensor", file, line);
+  uint64_t extent = static_cast<uint64_t>(m.elem_bytes);
+  for (int i = 0; i < rank; ++i) extent += (m.dims[i] - 1) * m.strides[i];
+  if (!is_device_range(reinterpret_cast<const void*>(m.base), extent))
+    fault_in_fiber(cudaErrorIllegalAddress, what + ": the tensor map's global tensor (" + std::to_string(extent) +
+                                                " bytes) is outside every cudaMalloc allocation");
+  // Until it lands, the destination holds garbage (and under TSan this is the issuing thread's write).
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_write_range(d, footprint);
+#endif
+  for (uint32_t k = 0; k < bytes; k += kTmaChunk)
+    std::memset(d + (swizzle_address(dst + k, m.swizzle_bytes) - dst), kPoisonByte, kTmaChunk);
+#if defined(FASTCONV_EMU_TSAN)
+  __tsan_release(&b.sync);  // the issue happens-before the landing
+#endif
+  Exec& ex = *t_exec;
+  if (ex.counting) {
+    ex.ctr->tma_instr += 1;
+    ex.ctr->tma_smem_bytes += bytes;
+  }
+  TmaCopy c{};
+  c.dst = d;
+  c.dst_addr = dst;
+  c.bytes = bytes;
+  c.footprint = footprint;
+  c.map = m;
+  for (int i = 0; i < rank; ++i) c.coords[i] = coords[i];
+  for (int s = 0; im2col && s < rank - 2; ++s) c.offsets[s] = offsets[s];
+  c.im2col = im2col;
+  c.file = file;
+  c.line = line;
+  c.issuer = t.linear;
+  TsanIgnore ignore;
+  b.inflight.push_back(c);
+}
+
 cudaError_t launch(const LaunchSpec& spec, void (*body)(void*), void* ctx) {
   DeviceState& d = dev();
   if (d.sticky != cudaSuccess) return record(d.sticky);
@@ -1106,6 +1664,10 @@ void print_counters(FILE* out) {
                    c.cp_gmem_sectors, c.cp_gmem_ideal,
                    double(c.cp_gmem_sectors) / double(std::max<uint64_t>(1, c.cp_gmem_ideal)));
     }
+    if (c.tma_instr)
+      std::fprintf(out, "  tma           %10" PRIu64 " instrs, %12" PRIu64 " B to shared, %12" PRIu64
+                        " B read from global\n",
+                   c.tma_instr, c.tma_smem_bytes, c.tma_gmem_bytes);
   }
 }
 

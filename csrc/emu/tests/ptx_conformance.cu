@@ -11,9 +11,11 @@
 //   1. ldmatrix .x1/.x2/.x4, with and without .trans, 2 warps, rows at permuted addresses
 //   2. mma.m16n8k16.row.col.f32.{f16,bf16}: general integers, one-hot A, one-hot B, 2 warps; plus a
 //      host-only check that each data set tells a mislaid fragment from the ISA's
-//   3. cp.async: cp-size 4/8/16 (.ca) and 16 (.cg), src-size < cp-size, src-size 0; commit_group,
+//   3. mma.m16n8k8.row.col.f32.tf32.tf32.f32: distinct integers carrying non-zero low mantissa bits
+//      (which the tensor core ignores), 2 warps; plus the host-only discrimination check
+//   4. cp.async: cp-size 4/8/16 (.ca) and 16 (.cg), src-size < cp-size, src-size 0; commit_group,
 //      wait_group N, wait_all, empty groups
-//   4. (emulator only) faults: misaligned ldmatrix row, misaligned cp.async, cp.async outside shared
+//   5. (emulator only) faults: misaligned ldmatrix row, misaligned cp.async, cp.async outside shared
 //
 // Output: one line per check, then "N passed, M failed"; exit status 0 only if all passed.
 
@@ -44,72 +46,7 @@
 
 namespace fc = fastconv::cuda;
 
-// ---- reporting ------------------------------------------------------------------------------------------
-
-static int g_passed = 0, g_failed = 0;
-
-static void report(bool ok, const std::string& name, const std::string& detail = std::string()) {
-  if (ok) {
-    ++g_passed;
-    std::printf("PASS %s\n", name.c_str());
-  } else {
-    ++g_failed;
-    std::printf("FAIL %s%s%s\n", name.c_str(), detail.empty() ? "" : ": ", detail.c_str());
-  }
-  std::fflush(stdout);
-}
-
-// Collects mismatches; keeps the first few descriptions.
-struct Mismatches {
-  int count = 0;
-  std::string text;
-  void add(const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-  std::string summary() const {
-    return std::to_string(count) + " mismatches; first: " + text;
-  }
-};
-void Mismatches::add(const char* fmt, ...) {
-  if (count++ >= 4) return;
-  char b[256];
-  va_list ap;
-  va_start(ap, fmt);
-  std::vsnprintf(b, sizeof(b), fmt, ap);
-  va_end(ap);
-  if (!text.empty()) text += "; ";
-  text += b;
-}
-
-// The error of the last launch: configuration errors (cudaGetLastError), then execution errors.
-static cudaError_t launch_result() {
-  cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess) e = cudaDeviceSynchronize();
-  return e;
-}
-
-// A device buffer of n T, freed on scope exit.
-template <typename T>
-struct DevBuf {
-  T* p = nullptr;
-  size_t n = 0;
-  cudaError_t err = cudaSuccess;
-  explicit DevBuf(size_t count) : n(count) {
-    err = cudaMalloc(reinterpret_cast<void**>(&p), n * sizeof(T));
-    if (err == cudaSuccess) err = cudaMemset(p, 0, n * sizeof(T));
-  }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  ~DevBuf() {
-    if (p != nullptr) cudaFree(p);
-  }
-  bool up(const std::vector<T>& h) {
-    return err == cudaSuccess && h.size() == n &&
-           cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess;
-  }
-  bool down(std::vector<T>& h) const {
-    h.assign(n, T());
-    return err == cudaSuccess && cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess;
-  }
-};
+#include "conformance.h"
 
 // =========================================================================================================
 // 1. ldmatrix
@@ -457,7 +394,191 @@ static void test_mma_data_discriminates(int set) {
 }
 
 // =========================================================================================================
-// 3. cp.async
+// 3. mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+// =========================================================================================================
+//
+// PTX ISA §9.7.14.5.7 "Matrix Fragments for mma.m16n8k8" (PTX ISA 9.x: §9.7.15.5.7), .tf32, with
+// groupID = %laneid >> 2, threadID_in_group = %laneid % 4:
+//  * A (16x8, .row), "four .b32 registers, containing four .tf32 elements" a0..a3, Figure 72:
+//      row = groupID for a0 and a2, groupID + 8 for a1 and a3
+//      col = threadID_in_group for a0 and a1, threadID_in_group + 4 for a2 and a3
+//  * B (8x8, .col), two .b32 registers b0, b1:
+//      row = threadID_in_group for b0, threadID_in_group + 4 for b1;  col = groupID
+//  * C/D (16x8, .f32) as m16n8k16: row = groupID for c0, c1, groupID + 8 for c2, c3;
+//      col = threadID_in_group*2 + (i & 1)
+// A .tf32 operand is a .b32 register in the FP32 format of which the tensor core reads sign, exponent
+// and the top 10 mantissa bits. Every operand here is a small integer (exact in 10 mantissa bits)
+// whose FP32 bits also carry a non-zero pattern in the low 13 bits, some above and some below half a
+// TF32 unit: only a device that ignores those bits returns the integer result bit for bit (one that
+// used them, or rounded to nearest, would not). Products and sums are exact in FP32 (|D| < 2^17).
+
+static Frag frag_a_tf32(int lane, int i, bool swap12 = false) {
+  if (swap12 && (i == 1 || i == 2)) i ^= 3;
+  const int g = lane >> 2, t = lane % 4;
+  return Frag{(i & 1) ? g + 8 : g, (i & 2) ? t + 4 : t};
+}
+static Frag frag_b_tf32(int lane, int i, bool swapped = false) {
+  if (swapped) i ^= 1;
+  const int g = lane >> 2, t = lane % 4;
+  return Frag{i ? t + 4 : t, g};
+}
+
+struct MmaTf32Problem {
+  int a[16][8], b[8][8], c[16][8];
+};
+// Distinct values per element: A 128 ids in [-64, 64), B 64 ids in [-32, 32), C 128 multiples of 64.
+static MmaTf32Problem mma_tf32_data(int warp) {
+  MmaTf32Problem p;
+  for (int m = 0; m < 16; ++m)
+    for (int k = 0; k < 8; ++k) p.a[m][k] = (m * 8 + k + 37 * warp) % 128 - 64;
+  for (int k = 0; k < 8; ++k)
+    for (int n = 0; n < 8; ++n) p.b[k][n] = (k * 8 + n + 19 * warp) % 64 - 32;
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) p.c[m][n] = 64 * ((m * 8 + n + 11 * warp) % 128) - 4096;
+  return p;
+}
+// FP32 bits of integer v with a non-zero pattern in the 13 mantissa bits below TF32's 10 (0 becomes
+// a denormal whose TF32 part is +0 or −0).
+static unsigned tf32_bits(int v, unsigned salt) {
+  const float f = static_cast<float>(v);
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  const unsigned low = 1u + ((salt * 2654435761u) >> 13) % 0x1fffu;  // 1 .. 0x1fff
+  return u | low;
+}
+static void mma_tf32_pack(const MmaTf32Problem& p, int warp, unsigned* a, unsigned* b, float* c, bool a_swap12 = false,
+                          bool b_swapped = false) {
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int i = 0; i < 4; ++i) {
+      const Frag f = frag_a_tf32(lane, i, a_swap12);
+      a[lane * 4 + i] = tf32_bits(p.a[f.row][f.col], 1000u * warp + 16u * f.row + f.col);
+    }
+    for (int i = 0; i < 2; ++i) {
+      const Frag f = frag_b_tf32(lane, i, b_swapped);
+      b[lane * 2 + i] = tf32_bits(p.b[f.row][f.col], 1000u * warp + 500u + 8u * f.row + f.col);
+    }
+    for (int i = 0; i < 4; ++i) {
+      const Frag f = frag_c(lane, i);
+      c[lane * 4 + i] = static_cast<float>(p.c[f.row][f.col]);
+    }
+  }
+}
+static void mma_tf32_expected(const MmaTf32Problem& p, float* d, bool c_swapped = false) {
+  for (int lane = 0; lane < 32; ++lane)
+    for (int i = 0; i < 4; ++i) {
+      const Frag f = frag_c(lane, i, c_swapped ? kCRegs12Swapped : kIsa);
+      long long s = p.c[f.row][f.col];
+      for (int k = 0; k < 8; ++k) s += static_cast<long long>(p.a[f.row][k]) * p.b[k][f.col];
+      d[lane * 4 + i] = static_cast<float>(s);
+    }
+}
+
+__global__ void mma_tf32_kernel(const unsigned int* a, const unsigned int* b, const float* c, float* d) {
+  const int t = threadIdx.x;
+  unsigned int ra[4], rb[2];
+  float acc[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) ra[i] = a[t * 4 + i];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) rb[i] = b[t * 2 + i];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] = c[t * 4 + i];
+  fc::mma_1688_tf32(acc, ra, rb);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) d[t * 4 + i] = acc[i];
+}
+
+static void test_mma_tf32() {
+  const std::string name =
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 distinct integers + low-bit noise (2 warps)";
+  std::vector<unsigned> ha(kMmaWarps * 32 * 4), hb(kMmaWarps * 32 * 2);
+  std::vector<float> hc(kMmaWarps * 32 * 4), want(kMmaWarps * 32 * 4), got;
+  for (int w = 0; w < kMmaWarps; ++w) {
+    const MmaTf32Problem p = mma_tf32_data(w);
+    mma_tf32_pack(p, w, &ha[w * 128], &hb[w * 64], &hc[w * 128]);
+    mma_tf32_expected(p, &want[w * 128]);
+  }
+  DevBuf<unsigned> da(ha.size()), db(hb.size());
+  DevBuf<float> dc(hc.size()), dd(hc.size());
+  if (!da.up(ha) || !db.up(hb) || !dc.up(hc)) {
+    report(false, name, "upload failed");
+    return;
+  }
+  FC_LAUNCH(dim3(1), dim3(32 * kMmaWarps), 0, 0, mma_tf32_kernel)(da.p, db.p, dc.p, dd.p);
+  const cudaError_t e = launch_result();
+  if (e != cudaSuccess || !dd.down(got)) {
+    report(false, name, std::string("launch/copy failed: ") + cudaGetErrorString(e));
+    return;
+  }
+  Mismatches mm;
+  for (int w = 0; w < kMmaWarps; ++w)
+    for (int lane = 0; lane < 32; ++lane)
+      for (int i = 0; i < 4; ++i) {
+        const int k = (w * 32 + lane) * 4 + i;
+        if (!(got[k] == want[k])) {
+          const Frag f = frag_c(lane, i);
+          mm.add("warp %d lane %d d%d (D[%d][%d]) = %.4f, want %.1f", w, lane, i, f.row, f.col, got[k], want[k]);
+        }
+      }
+  report(mm.count == 0, name, mm.count ? mm.summary() : "");
+}
+
+// Host only: the data set tells the ISA's layout from a1<->a2 swapped (row + 8 vs col + 4), b0<->b1
+// swapped and c1<->c2 swapped, and the low bits matter: the FP32 values (low bits kept) or the
+// nearest-TF32 values give a different D for some element.
+static void test_mma_tf32_data_discriminates() {
+  std::string undetected;
+  auto unpack = [](unsigned bits, int mode) {  // 0: TF32 truncation (the ISA), 1: full FP32, 2: nearest TF32
+    if (mode == 2) bits = (bits + 0x1000u) & 0xffffe000u;
+    if (mode == 0) bits &= 0xffffe000u;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return static_cast<double>(f);
+  };
+  const char* names[] = {"a1<->a2", "b0<->b1", "c1<->c2", "low bits used", "rounded to nearest"};
+  for (int mut = 0; mut < 5; ++mut) {
+    bool differs = false;
+    for (int w = 0; w < kMmaWarps && !differs; ++w) {
+      const MmaTf32Problem p = mma_tf32_data(w);
+      unsigned a[128], b[64];
+      float c[128], want[128];
+      mma_tf32_pack(p, w, a, b, c);
+      mma_tf32_expected(p, want);
+      // What the mislaid device computes from the ISA-packed registers.
+      double A[16][8], B[8][8], C[16][8];
+      const int mode = mut == 3 ? 1 : mut == 4 ? 2 : 0;
+      for (int lane = 0; lane < 32; ++lane) {
+        for (int i = 0; i < 4; ++i) {
+          const Frag f = frag_a_tf32(lane, i, mut == 0);
+          A[f.row][f.col] = unpack(a[lane * 4 + i], mode);
+        }
+        for (int i = 0; i < 2; ++i) {
+          const Frag f = frag_b_tf32(lane, i, mut == 1);
+          B[f.row][f.col] = unpack(b[lane * 2 + i], mode);
+        }
+        for (int i = 0; i < 4; ++i) {
+          const Frag f = frag_c(lane, i, mut == 2 ? kCRegs12Swapped : kIsa);
+          C[f.row][f.col] = c[lane * 4 + i];
+        }
+      }
+      for (int lane = 0; lane < 32; ++lane)
+        for (int i = 0; i < 4; ++i) {
+          const Frag f = frag_c(lane, i, mut == 2 ? kCRegs12Swapped : kIsa);
+          double s = C[f.row][f.col];
+          for (int k = 0; k < 8; ++k) s += A[f.row][k] * B[k][f.col];
+          differs = differs || static_cast<float>(s) != want[lane * 4 + i];
+        }
+    }
+    if (!differs) undetected += std::string(undetected.empty() ? "" : ", ") + names[mut];
+  }
+  report(undetected.empty(),
+         "mma m16n8k8 tf32 data set tells every mislaid fragment (a1<->a2, b0<->b1, c1<->c2) and every "
+         "other reading of the low bits (used, rounded to nearest) from the ISA's",
+         undetected.empty() ? "" : "not detected: " + undetected);
+}
+
+// =========================================================================================================
+// 4. cp.async
 // =========================================================================================================
 //
 // PTX ISA §9.7.9.25.3.1 "Data Movement and Conversion Instructions: cp.async":
@@ -689,7 +810,7 @@ static void test_cp_async_groups() {
 }
 
 // =========================================================================================================
-// 4. Faults (emulator only: the hardware's behaviour on these is undefined or kills the context)
+// 5. Faults (emulator only: the hardware's behaviour on these is undefined or kills the context)
 // =========================================================================================================
 //
 // ldmatrix §9.7.14.5.15: "The matrix addresses must be naturally aligned accordingly" (16-byte rows).
@@ -760,6 +881,8 @@ int main() {
     test_mma<__half>(set);
     test_mma<__nv_bfloat16>(set);
   }
+  test_mma_tf32_data_discriminates();
+  test_mma_tf32();
 
   test_cp_async_sizes();
   test_cp_async_groups();
