@@ -14,12 +14,12 @@
 //   outside the image, so every later bounds check zero-fills them).
 //   Mainloop: a Cfg::kStages-deep ring of BM x BK (A) and BN x BK (B) tiles in shared memory; tile
 //   kt + kStages − 1 is fetched while tile kt is multiplied.
-//     kVec = true : each thread issues 16-byte cp.async copies (8 channels of one tap) with the source
-//                   size set to 0 outside the image or past M, Kg, K, which zero-fills the chunk. Needs
-//                   Cg % 8 == 0 and Kg % 8 == 0 (a chunk never straddles a tap or the matrix edge) and
-//                   16-byte aligned pointers and strides: the launcher proves it.
+//     kVec = true : each thread issues 16-byte cp.async copies (8 channels of one tap; 4 for float) with
+//                   the source size set to 0 outside the image or past M, Kg, K, which zero-fills the
+//                   chunk. Needs Cg and Kg multiples of 8 (4 for float: a chunk never straddles a tap or
+//                   the matrix edge) and 16-byte aligned pointers and strides: the launcher proves it.
 //     kVec = false: element-wise predicated loads through registers, any C and K (C = 3, odd K).
-//   Shared tiles are rows of BK = 32 elements = 4 16-byte chunks, stored at chunk ^ ((row >> 1) & 3):
+//   Shared tiles are rows of BK = 32 elements (16 floats) = 4 16-byte chunks, stored at chunk ^ ((row >> 1) & 3):
 //   the 8 rows addressed by one ldmatrix (or cp.async) phase then fall in 8 distinct bank groups.
 //   Warp (wm, wn) owns the WM x WN sub-tile at (wm·WM, wn·WN). Per 16-wide k step it loads its A
 //   fragments (ldmatrix.x4 per 16 rows) and B fragments (ldmatrix.x4 per 16 filters) and issues
@@ -55,9 +55,21 @@
 //   ReLU'd input through positive filters); Σ² − (Σ)²/n in FP32 then cancels catastrophically
 //   (variance < 0 or all of its digits lost), while the Chan merge only ever adds non-negative M2s
 //   and a δ² term, as batchnorm2d.cu does for the unfused path.
-// float/TF32 is not implemented.
+// float (T = float) on TF32: the same kernel, loaders and mainloop with IgemmConfig<..., kElemBytes = 4>
+// (IgemmLargeTf32 / IgemmSmallTf32, the same tiles and shared bytes): BK = 16 floats, so a shared row is
+// still 64 bytes = 4 chunks and every swizzle, cp.async and ldmatrix address is the 16-bit path's byte
+// for byte; a k step is one mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 per 16x8 tile (8 deep
+// instead of 16). K-major fragments (fprop A and B, dgrad A) come from ldmatrix (b16) on the FP32
+// data: an 8 x 4-float block is an 8x8 b16 matrix and lane l receives float [l/4][l%4], which is the
+// .tf32 fragment layout. MN-major fragments (dgrad B, wgrad A and B) come from 32-bit shared loads
+// (ldmatrix.trans would split each float). The FP32 bits reach the tensor core unconverted: it reads
+// their TF32 part (sign, exponent, top 10 mantissa bits; the low 13 are ignored, i.e. each operand is
+// truncated toward zero), with FP32 accumulation. kVec: 16-byte chunks of 4 floats (Cg % 4 == 0,
+// Kg % 4 == 0); element-wise otherwise. Paired epilogue stores are float2; the fprop bias is used as
+// it is (no workspace). fprop with batch statistics is 16-bit only.
 #include <algorithm>
 #include <initializer_list>
+#include <type_traits>
 
 #include "common.cuh"
 #include "epilogue.cuh"
@@ -69,20 +81,30 @@ namespace {
 
 // ---- tile configurations ----------------------------------------------------------------------------
 
-// Threadblock tile BM x BN x BK, warp tile WM x WN, instruction m16n8k16, kStages-deep pipeline.
-template <int BM_, int BN_, int BK_, int WM_, int WN_, int kStages_>
+// Threadblock tile BM x BN x BK (BK in elements), warp tile WM x WN, kStages-deep pipeline, for
+// kElemBytes-byte elements: 2 (__half, __nv_bfloat16: mma m16n8k16) or 4 (float: mma m16n8k8 on TF32).
+// A shared tile row is 64 bytes either way (BK = 32 or 16), and one mma k step reads 32 bytes of it.
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int kStages_, int kElemBytes_ = 2>
 struct IgemmConfig {
   static constexpr int kBM = BM_, kBN = BN_, kBK = BK_, kWM = WM_, kWN = WN_, kStages = kStages_;
+  static constexpr int kElemBytes = kElemBytes_;
+  using Elem = std::conditional_t<kElemBytes == 2, uint16_t, uint32_t>;  // an element's bits in shared memory
   static constexpr int kWarpsM = kBM / kWM, kWarpsN = kBN / kWN;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kMmaM = kWM / 16, kMmaN = kWN / 8;    // mma tiles per warp
-  static constexpr int kChunk = 8;                            // 16-bit elements per 16-byte chunk
+  static constexpr int kInstrK = 32 / kElemBytes;             // mma k: 16 (m16n8k16) or 8 (m16n8k8 .tf32)
+  static constexpr int kChunk = 16 / kElemBytes;              // elements per 16-byte chunk
+  static constexpr int kChunkShift = kElemBytes == 2 ? 3 : 2;  // log2(kChunk)
   static constexpr int kChunksPerRow = kBK / kChunk;
   static constexpr int kTileA = kBM * kBK, kTileB = kBN * kBK;  // elements per stage
   static constexpr int kRowTableBytes = kBM * 16;
-  static constexpr int kSmemBytes = kStages * (kTileA + kTileB) * 2 + kRowTableBytes;
+  static constexpr int kSmemBytes = kStages * (kTileA + kTileB) * kElemBytes + kRowTableBytes;
 
-  static_assert(kBK == 32, "the shared-memory swizzle is written for rows of 4 16-byte chunks (BK = 32)");
+  static_assert(kElemBytes == 2 || kElemBytes == 4, "elements are 16-bit (f16, bf16) or 32-bit (float on TF32)");
+  static_assert((1 << kChunkShift) == kChunk, "kChunkShift is log2 of the chunk's element count");
+  static_assert(kBK * kElemBytes == 64, "the shared-memory swizzle is written for rows of 4 16-byte chunks (64 bytes)");
+  static_assert(kInstrK * kElemBytes == 32 && kBK % kInstrK == 0,
+                "an mma k step reads 2 chunks of every row (ldmatrix matrices 0/1 and 2/3), a tile holds whole steps");
   static_assert(kBM % kWM == 0 && kBN % kWN == 0, "warp tiles must divide the threadblock tile");
   static_assert(kWM % 16 == 0 && kWN % 16 == 0, "A and B fragments are loaded 16 rows at a time (ldmatrix.x4)");
   static_assert(kBM % 16 == 0 && kBN % 16 == 0, "the swizzle pairs rows: tiles must be whole 16-row groups");
@@ -100,6 +122,15 @@ struct IgemmConfig {
 using IgemmLarge = IgemmConfig<128, 128, 32, 64, 64, 3>;
 // 64x64x32, 2x2 warps of 32x32, 3 stages (26 KB): small M or Kg, or too few large tiles to fill the GPU.
 using IgemmSmall = IgemmConfig<64, 64, 32, 32, 32, 3>;
+// float on TF32: the same tiles, byte for byte (BK = 16 floats per 64-byte row), so the same occupancy
+// and the same large/small choice.
+using IgemmLargeTf32 = IgemmConfig<128, 128, 16, 64, 64, 3, 4>;
+using IgemmSmallTf32 = IgemmConfig<64, 64, 16, 32, 32, 3, 4>;
+template <typename T> struct IgemmTiles { using Large = IgemmLarge; using Small = IgemmSmall; };
+template <> struct IgemmTiles<float> { using Large = IgemmLargeTf32; using Small = IgemmSmallTf32; };
+static_assert(IgemmLargeTf32::kBM == IgemmLarge::kBM && IgemmLargeTf32::kBN == IgemmLarge::kBN &&
+                  IgemmSmallTf32::kBM == IgemmSmall::kBM && IgemmSmallTf32::kBN == IgemmSmall::kBN,
+              "the host picks tiles and checks grid extents from IgemmLarge / IgemmSmall for every T");
 
 // Large tiles only when they still give two blocks per SM on an H100 (132 SMs).
 constexpr int64_t kLargeTileMinBlocks = 264;
@@ -142,8 +173,11 @@ struct RowInfo {
 static_assert(sizeof(RowInfo) == 16, "the row table is sized at 16 bytes per row");
 // PTX wrappers (cp.async, ldmatrix, mma.sync): ptx.cuh.
 
-// Element offset of (row, chunk) in a swizzled tile of 32-element rows.
-__device__ __forceinline__ int swizzle(int row, int chunk) { return row * 32 + ((chunk ^ ((row >> 1) & 3)) << 3); }
+// Element offset of (row, chunk) in a swizzled K-major tile of 64-byte rows (Cfg::kBK elements).
+template <typename Cfg>
+__device__ __forceinline__ int swizzle(int row, int chunk) {
+  return row * Cfg::kBK + ((chunk ^ ((row >> 1) & 3)) << Cfg::kChunkShift);
+}
 
 // Tap (r, s) and channel c of GEMM column k (KRSC order), for k < Kgemm.
 struct Tap {
@@ -157,9 +191,9 @@ __device__ __forceinline__ Tap tap_of(int k, int Cg, int S) {
 
 // MN-major tile of kCols (64 or 128) elements per k row: chunk c of row k at c ^ (k & 7). The 8 k rows
 // one ldmatrix.trans matrix addresses share a logical chunk, so they land in 8 distinct bank groups.
-template <int kCols>
+template <typename Cfg, int kCols>
 __device__ __forceinline__ int swizzle_t(int row, int chunk) {
-  return row * kCols + ((chunk ^ (row & 7)) << 3);
+  return row * kCols + ((chunk ^ (row & 7)) << Cfg::kChunkShift);
 }
 
 // Output-pixel decomposition m = (n·P + p)·Q + q (fprop rows, wgrad k columns), or (n·H + h)·W + w.
@@ -182,7 +216,8 @@ __device__ __forceinline__ Pixel pixel_of(int m, int P, int Q) {
 // column, hence its tap, is the same for every row.
 template <typename Cfg, typename T>
 __device__ __forceinline__ void load_fprop_vec(const IgemmParams<T>& p, const RowInfo* rows, const T* xg,
-                                               const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
+                                               const T* wg, int n0, int kt,
+                                               typename Cfg::Elem* As, typename Cfg::Elem* Bs, int tid) {
   constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kChunksPerRow;
   const int chunk = tid % Cfg::kChunksPerRow;
   const int k = kt * Cfg::kBK + chunk * Cfg::kChunk;
@@ -197,7 +232,7 @@ __device__ __forceinline__ void load_fprop_vec(const IgemmParams<T>& p, const Ro
     const bool ok = k_ok && static_cast<unsigned int>(h) < static_cast<unsigned int>(p.H) &&
                     static_cast<unsigned int>(w) < static_cast<unsigned int>(p.W);
     const T* src = ok ? xg + ri.base + h * p.xs_h + w * p.xs_w + t.c : p.x;
-    cp_async_16(smem_addr(As + swizzle(row, chunk)), src, ok ? 16 : 0);
+    cp_async_16(smem_addr(As + swizzle<Cfg>(row, chunk)), src, ok ? 16 : 0);
   }
 #pragma unroll
   for (int i = 0; i < Cfg::kBN / kRowsPerPass; ++i) {
@@ -205,7 +240,7 @@ __device__ __forceinline__ void load_fprop_vec(const IgemmParams<T>& p, const Ro
     const int j = n0 + row;
     const bool ok = k_ok && j < p.Kg;
     const T* src = ok ? wg + j * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + t.c : p.w;
-    cp_async_16(smem_addr(Bs + swizzle(row, chunk)), src, ok ? 16 : 0);
+    cp_async_16(smem_addr(Bs + swizzle<Cfg>(row, chunk)), src, ok ? 16 : 0);
   }
 }
 
@@ -213,15 +248,17 @@ __device__ __forceinline__ void load_fprop_vec(const IgemmParams<T>& p, const Ro
 // tid % 32 of rows tid / 32 + i·(kThreads / 32).
 template <typename Cfg, typename T>
 __device__ __forceinline__ void load_fprop_scalar(const IgemmParams<T>& p, const RowInfo* rows, const T* xg,
-                                                  const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
+                                                  const T* wg, int n0, int kt,
+                                                  typename Cfg::Elem* As, typename Cfg::Elem* Bs, int tid) {
   constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBK;
   const int kcol = tid % Cfg::kBK;
   const int k = kt * Cfg::kBK + kcol;
   const bool k_ok = k < p.Kgemm;
   const Tap t = tap_of(k_ok ? k : 0, p.Cg, p.S);
   const int dh = t.r * p.dil_h, dw = t.s * p.dil_w;
-  const uint16_t* xb = reinterpret_cast<const uint16_t*>(xg);  // 16-bit patterns: 0 is +0 in half and bf16
-  const uint16_t* wb = reinterpret_cast<const uint16_t*>(wg);
+  using E = typename Cfg::Elem;  // bit patterns: 0 is +0 in every T
+  const E* xb = reinterpret_cast<const E*>(xg);
+  const E* wb = reinterpret_cast<const E*>(wg);
   const int sub = kcol % Cfg::kChunk, chunk = kcol / Cfg::kChunk;
 #pragma unroll 8
   for (int i = 0; i < Cfg::kBM / kRowsPerPass; ++i) {
@@ -230,14 +267,14 @@ __device__ __forceinline__ void load_fprop_scalar(const IgemmParams<T>& p, const
     const int h = ri.h0 + dh, w = ri.w0 + dw;
     const bool ok = k_ok && static_cast<unsigned int>(h) < static_cast<unsigned int>(p.H) &&
                     static_cast<unsigned int>(w) < static_cast<unsigned int>(p.W);
-    As[swizzle(row, chunk) + sub] = ok ? xb[ri.base + h * p.xs_h + w * p.xs_w + t.c] : uint16_t(0);
+    As[swizzle<Cfg>(row, chunk) + sub] = ok ? xb[ri.base + h * p.xs_h + w * p.xs_w + t.c] : E(0);
   }
 #pragma unroll 8
   for (int i = 0; i < Cfg::kBN / kRowsPerPass; ++i) {
     const int row = tid / Cfg::kBK + i * kRowsPerPass;
     const int j = n0 + row;
     const bool ok = k_ok && j < p.Kg;
-    Bs[swizzle(row, chunk) + sub] = ok ? wb[j * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + t.c] : uint16_t(0);
+    Bs[swizzle<Cfg>(row, chunk) + sub] = ok ? wb[j * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + t.c] : E(0);
   }
 }
 
@@ -259,7 +296,8 @@ __device__ __forceinline__ bool dgrad_src(const RowInfo& ri, int dh, int dw, int
 // tid / (BN/8) + i·kRowsPerPass, decoding each row's tap.
 template <typename Cfg, typename T>
 __device__ __forceinline__ void load_dgrad_vec(const IgemmParams<T>& p, const RowInfo* rows, const T* dyg,
-                                               const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
+                                               const T* wg, int n0, int kt,
+                                               typename Cfg::Elem* As, typename Cfg::Elem* Bs, int tid) {
   {
     constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kChunksPerRow;
     const int chunk = tid % Cfg::kChunksPerRow;
@@ -274,7 +312,7 @@ __device__ __forceinline__ void load_dgrad_vec(const IgemmParams<T>& p, const Ro
       int pp = 0, qq = 0;
       const bool ok = k_ok && dgrad_src(ri, dh, dw, p.stride_h, p.stride_w, p.P, p.Q, pp, qq);
       const T* src = ok ? dyg + ri.base + (static_cast<int64_t>(pp) * p.Q + qq) * p.K + t.c : p.dy;
-      cp_async_16(smem_addr(As + swizzle(row, chunk)), src, ok ? 16 : 0);
+      cp_async_16(smem_addr(As + swizzle<Cfg>(row, chunk)), src, ok ? 16 : 0);
     }
   }
   {
@@ -289,7 +327,7 @@ __device__ __forceinline__ void load_dgrad_vec(const IgemmParams<T>& p, const Ro
       const bool ok = k < p.Kgemm && c < p.Cg;
       const Tap t = tap_of(ok ? k : 0, p.Kg, p.S);
       const T* src = ok ? wg + t.c * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + c : p.w;
-      cp_async_16(smem_addr(Bs + swizzle_t<Cfg::kBN>(row, chunk)), src, ok ? 16 : 0);
+      cp_async_16(smem_addr(Bs + swizzle_t<Cfg, Cfg::kBN>(row, chunk)), src, ok ? 16 : 0);
     }
   }
 }
@@ -299,10 +337,12 @@ __device__ __forceinline__ void load_dgrad_vec(const IgemmParams<T>& p, const Ro
 // channels.
 template <typename Cfg, typename T>
 __device__ __forceinline__ void load_dgrad_scalar(const IgemmParams<T>& p, const RowInfo* rows, const T* dyg,
-                                                  const T* wg, int n0, int kt, uint16_t* As, uint16_t* Bs,
+                                                  const T* wg, int n0, int kt,
+                                                  typename Cfg::Elem* As, typename Cfg::Elem* Bs,
                                                   int tid) {
-  const uint16_t* dyb = reinterpret_cast<const uint16_t*>(dyg);
-  const uint16_t* wb = reinterpret_cast<const uint16_t*>(wg);
+  using E = typename Cfg::Elem;
+  const E* dyb = reinterpret_cast<const E*>(dyg);
+  const E* wb = reinterpret_cast<const E*>(wg);
   {
     constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBK;
     const int kcol = tid % Cfg::kBK;
@@ -317,8 +357,8 @@ __device__ __forceinline__ void load_dgrad_scalar(const IgemmParams<T>& p, const
       const RowInfo ri = rows[row];
       int pp = 0, qq = 0;
       const bool ok = k_ok && dgrad_src(ri, dh, dw, p.stride_h, p.stride_w, p.P, p.Q, pp, qq);
-      As[swizzle(row, chunk) + sub] =
-          ok ? dyb[ri.base + (static_cast<int64_t>(pp) * p.Q + qq) * p.K + t.c] : uint16_t(0);
+      As[swizzle<Cfg>(row, chunk) + sub] =
+          ok ? dyb[ri.base + (static_cast<int64_t>(pp) * p.Q + qq) * p.K + t.c] : E(0);
     }
   }
   {
@@ -332,8 +372,8 @@ __device__ __forceinline__ void load_dgrad_scalar(const IgemmParams<T>& p, const
       const int k = kt * Cfg::kBK + row;
       const bool ok = k < p.Kgemm && c < p.Cg;
       const Tap t = tap_of(ok ? k : 0, p.Kg, p.S);
-      Bs[swizzle_t<Cfg::kBN>(row, chunk) + sub] =
-          ok ? wb[t.c * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + c] : uint16_t(0);
+      Bs[swizzle_t<Cfg, Cfg::kBN>(row, chunk) + sub] =
+          ok ? wb[t.c * p.ws_k + t.r * p.ws_r + t.s * p.ws_s + c] : E(0);
     }
   }
 }
@@ -344,7 +384,7 @@ __device__ __forceinline__ void load_dgrad_scalar(const IgemmParams<T>& p, const
 // rows tid / (cols/8) + i·kRowsPerPass; its B column, hence its tap, is fixed for the whole block.
 template <typename Cfg, typename T>
 __device__ __forceinline__ void load_wgrad_vec(const IgemmParams<T>& p, const T* dyg, const T* xg, int m0, int n0,
-                                               int kt, uint16_t* As, uint16_t* Bs, int tid) {
+                                               int kt, typename Cfg::Elem* As, typename Cfg::Elem* Bs, int tid) {
   {
     constexpr int kChunksPerRowT = Cfg::kBM / Cfg::kChunk;
     constexpr int kRowsPerPass = Cfg::kThreads / kChunksPerRowT;
@@ -356,7 +396,7 @@ __device__ __forceinline__ void load_wgrad_vec(const IgemmParams<T>& p, const T*
       const int pix = kt * Cfg::kBK + row;
       const bool ok = pix < p.Kgemm && kk < p.Kg;
       const T* src = ok ? dyg + static_cast<int64_t>(pix) * p.K + kk : p.dy;
-      cp_async_16(smem_addr(As + swizzle_t<Cfg::kBM>(row, chunk)), src, ok ? 16 : 0);
+      cp_async_16(smem_addr(As + swizzle_t<Cfg, Cfg::kBM>(row, chunk)), src, ok ? 16 : 0);
     }
   }
   {
@@ -376,7 +416,7 @@ __device__ __forceinline__ void load_wgrad_vec(const IgemmParams<T>& p, const T*
       const bool ok = j_ok && pix < p.Kgemm && static_cast<unsigned int>(h) < static_cast<unsigned int>(p.H) &&
                       static_cast<unsigned int>(w) < static_cast<unsigned int>(p.W);
       const T* src = ok ? xg + px.n * p.xs_n + h * p.xs_h + w * p.xs_w + t.c : p.x;
-      cp_async_16(smem_addr(Bs + swizzle_t<Cfg::kBN>(row, chunk)), src, ok ? 16 : 0);
+      cp_async_16(smem_addr(Bs + swizzle_t<Cfg, Cfg::kBN>(row, chunk)), src, ok ? 16 : 0);
     }
   }
 }
@@ -385,9 +425,11 @@ __device__ __forceinline__ void load_wgrad_vec(const IgemmParams<T>& p, const T*
 // cols), so consecutive threads read consecutive filters (A) or channels (B).
 template <typename Cfg, typename T>
 __device__ __forceinline__ void load_wgrad_scalar(const IgemmParams<T>& p, const T* dyg, const T* xg, int m0,
-                                                  int n0, int kt, uint16_t* As, uint16_t* Bs, int tid) {
-  const uint16_t* dyb = reinterpret_cast<const uint16_t*>(dyg);
-  const uint16_t* xb = reinterpret_cast<const uint16_t*>(xg);
+                                                  int n0, int kt,
+                                                  typename Cfg::Elem* As, typename Cfg::Elem* Bs, int tid) {
+  using E = typename Cfg::Elem;
+  const E* dyb = reinterpret_cast<const E*>(dyg);
+  const E* xb = reinterpret_cast<const E*>(xg);
   {
     constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kBM;
     const int col = tid % Cfg::kBM;
@@ -398,7 +440,7 @@ __device__ __forceinline__ void load_wgrad_scalar(const IgemmParams<T>& p, const
       const int row = tid / Cfg::kBM + i * kRowsPerPass;
       const int pix = kt * Cfg::kBK + row;
       const bool ok = pix < p.Kgemm && kk < p.Kg;
-      As[swizzle_t<Cfg::kBM>(row, chunk) + sub] = ok ? dyb[static_cast<int64_t>(pix) * p.K + kk] : uint16_t(0);
+      As[swizzle_t<Cfg, Cfg::kBM>(row, chunk) + sub] = ok ? dyb[static_cast<int64_t>(pix) * p.K + kk] : E(0);
     }
   }
   {
@@ -417,23 +459,41 @@ __device__ __forceinline__ void load_wgrad_scalar(const IgemmParams<T>& p, const
       const int h = px.p * p.stride_h + dh, w = px.q * p.stride_w + dw;
       const bool ok = j_ok && pix < p.Kgemm && static_cast<unsigned int>(h) < static_cast<unsigned int>(p.H) &&
                       static_cast<unsigned int>(w) < static_cast<unsigned int>(p.W);
-      Bs[swizzle_t<Cfg::kBN>(row, chunk) + sub] = ok ? xb[px.n * p.xs_n + h * p.xs_h + w * p.xs_w + t.c] : uint16_t(0);
+      Bs[swizzle_t<Cfg, Cfg::kBN>(row, chunk) + sub] = ok ? xb[px.n * p.xs_n + h * p.xs_h + w * p.xs_w + t.c] : E(0);
     }
   }
 }
 
 // ---- the shared mainloop ----------------------------------------------------------------------------
 
+// Element col of k row krow of an MN-major tile of kCols elements per row (one 32-bit shared load).
+template <typename Cfg, int kCols>
+__device__ __forceinline__ unsigned int ld_mn(const typename Cfg::Elem* tile, int krow, int col) {
+  return tile[swizzle_t<Cfg, kCols>(krow, col / Cfg::kChunk) + col % Cfg::kChunk];
+}
+
 // acc += A · Bᵀ over k-tiles [kt0, kt1) through the kStages-deep cp.async ring. load(stage, kt) fills one
-// stage; kATrans / kBTrans say the tile is MN-major (read with ldmatrix.trans).
+// stage; kATrans / kBTrans say the tile is MN-major (16-bit: read with ldmatrix.trans; 32-bit: with
+// 32-bit shared loads, since ldmatrix.trans would transpose the halves of each float).
+//
+// 32-bit elements (float on TF32, mma m16n8k8): a K-major 8 x 4-float block is an 8x8 b16 matrix, and
+// ldmatrix gives lane l its b16 elements [l/4][2(l%4)], [l/4][2(l%4)+1] = float [l/4][l%4]: with
+// matrices (rows 0-7 | 8-15) x (k 0-3 | 4-7) in the order below that is a0 = A[g][t], a1 = A[g+8][t],
+// a2 = A[g][t+4], a3 = A[g+8][t+4] and b0 = B[t][g], b1 = B[t+4][g] (g = l/4, t = l%4), the .tf32
+// fragments of m16n8k8. Each k step still reads chunks 2kk and 2kk + 1 of a row, so the addressing is
+// the 16-bit path's, byte for byte. The FP32 bits go to the tensor core as they are (it reads their
+// TF32 part: sign, exponent, top 10 mantissa bits).
 template <typename Cfg, typename T, bool kATrans, bool kBTrans, typename Load>
-__device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4], const uint16_t* smem_a,
-                                         const uint16_t* smem_b, int kt0, int kt1, int lane, int warp_m, int warp_n,
-                                         Load&& load) {
+__device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4], const typename Cfg::Elem* smem_a,
+                                         const typename Cfg::Elem* smem_b, int kt0, int kt1, int lane, int warp_m,
+                                         int warp_n, Load&& load) {
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, BK = Cfg::kBK, WM = Cfg::kWM, WN = Cfg::kWN;
-  constexpr int kStages = Cfg::kStages, kMmaM = Cfg::kMmaM, kMmaN = Cfg::kMmaN;
-  static_assert(!kATrans || BM >= 64, "an MN-major tile needs at least 8 chunks per row for its swizzle");
-  static_assert(!kBTrans || BN >= 64, "an MN-major tile needs at least 8 chunks per row for its swizzle");
+  constexpr int kStages = Cfg::kStages, kMmaM = Cfg::kMmaM, kMmaN = Cfg::kMmaN, kInstrK = Cfg::kInstrK;
+  constexpr bool kTf32 = Cfg::kElemBytes == 4;
+  static_assert(sizeof(T) == Cfg::kElemBytes, "the tile config is for another element size");
+  static_assert(!kATrans || BM / Cfg::kChunk >= 8, "an MN-major tile needs at least 8 chunks per row for its swizzle");
+  static_assert(!kBTrans || BN / Cfg::kChunk >= 8, "an MN-major tile needs at least 8 chunks per row for its swizzle");
+  const int g = lane >> 2, tg = lane & 3;  // the fragments' groupID and threadID_in_group (32-bit MN-major)
   const int num_k_tiles = kt1 - kt0;
 
   // Prologue: tiles 0 .. kStages − 2 in flight (one commit group each, empty past the last tile).
@@ -453,22 +513,29 @@ __device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4]
     if (next < num_k_tiles) load(next % kStages, kt0 + next);
     cp_async_commit();
 
-    const uint16_t* As = smem_a + (t % kStages) * Cfg::kTileA;
-    const uint16_t* Bs = smem_b + (t % kStages) * Cfg::kTileB;
+    const typename Cfg::Elem* As = smem_a + (t % kStages) * Cfg::kTileA;
+    const typename Cfg::Elem* Bs = smem_b + (t % kStages) * Cfg::kTileB;
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
+    for (int kk = 0; kk < BK / kInstrK; ++kk) {
       unsigned int af[kMmaM][4], bf[kMmaN][2];
 #pragma unroll
       for (int i = 0; i < kMmaM; ++i) {
-        if constexpr (kATrans) {
+        if constexpr (kATrans && kTf32) {
+          // a0..a3 = A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]; A[m][k] is k row k, column m.
+          const int krow = kk * kInstrK + tg, m = warp_m * WM + i * 16 + g;
+          af[i][0] = ld_mn<Cfg, BM>(As, krow, m);
+          af[i][1] = ld_mn<Cfg, BM>(As, krow, m + 8);
+          af[i][2] = ld_mn<Cfg, BM>(As, krow + 4, m);
+          af[i][3] = ld_mn<Cfg, BM>(As, krow + 4, m + 8);
+        } else if constexpr (kATrans) {
           // Matrix l/8 = (rows 0-7 | 8-15) x (k 0-7 | 8-15) in a0..a3 order; lane l gives k row l % 8.
-          const int krow = kk * 16 + ((lane >> 4) << 3) + (lane & 7);
+          const int krow = kk * kInstrK + ((lane >> 4) << 3) + (lane & 7);
           const int mchunk = (warp_m * WM + i * 16) / 8 + ((lane >> 3) & 1);
-          ldmatrix_x4_trans(af[i], smem_addr(As + swizzle_t<BM>(krow, mchunk)));
+          ldmatrix_x4_trans(af[i], smem_addr(As + swizzle_t<Cfg, BM>(krow, mchunk)));
         } else {
           // Lanes 0-15 address rows 0-15 at k 0-7, lanes 16-31 the same rows at k 8-15: a0..a3.
           const int row = warp_m * WM + i * 16 + (lane & 15);
-          ldmatrix_x4(af[i], smem_addr(As + swizzle(row, kk * 2 + (lane >> 4))));
+          ldmatrix_x4(af[i], smem_addr(As + swizzle<Cfg>(row, kk * 2 + (lane >> 4))));
         }
       }
 #pragma unroll
@@ -476,13 +543,20 @@ __device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4]
         // Matrices: (cols 0-7, k 0-7), (0-7, k 8-15), (8-15, k 0-7), (8-15, k 8-15) = b0, b1 of n-tiles
         // j and j + 1.
         unsigned int r[4];
-        if constexpr (kBTrans) {
-          const int krow = kk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7);
+        if constexpr (kBTrans && kTf32) {
+          // b0, b1 = B[t][g], B[t+4][g] of n-tiles j and j + 1; B[k][n] is k row k, column n.
+          const int krow = kk * kInstrK + tg, n = warp_n * WN + j * 8 + g;
+          r[0] = ld_mn<Cfg, BN>(Bs, krow, n);
+          r[1] = ld_mn<Cfg, BN>(Bs, krow + 4, n);
+          r[2] = ld_mn<Cfg, BN>(Bs, krow, n + 8);
+          r[3] = ld_mn<Cfg, BN>(Bs, krow + 4, n + 8);
+        } else if constexpr (kBTrans) {
+          const int krow = kk * kInstrK + (((lane >> 3) & 1) << 3) + (lane & 7);
           const int nchunk = (warp_n * WN + j * 8) / 8 + (lane >> 4);
-          ldmatrix_x4_trans(r, smem_addr(Bs + swizzle_t<BN>(krow, nchunk)));
+          ldmatrix_x4_trans(r, smem_addr(Bs + swizzle_t<Cfg, BN>(krow, nchunk)));
         } else {
           const int row = warp_n * WN + j * 8 + (lane & 7) + ((lane >> 4) << 3);
-          ldmatrix_x4(r, smem_addr(Bs + swizzle(row, kk * 2 + ((lane >> 3) & 1))));
+          ldmatrix_x4(r, smem_addr(Bs + swizzle<Cfg>(row, kk * 2 + ((lane >> 3) & 1))));
         }
         bf[j][0] = r[0];
         bf[j][1] = r[1];
@@ -492,7 +566,10 @@ __device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4]
 #pragma unroll
       for (int i = 0; i < kMmaM; ++i)
 #pragma unroll
-        for (int j = 0; j < kMmaN; ++j) mma_16816<T>(acc[i][j], af[i], bf[j]);
+        for (int j = 0; j < kMmaN; ++j) {
+          if constexpr (kTf32) mma_1688_tf32(acc[i][j], af[i], bf[j]);
+          else mma_16816<T>(acc[i][j], af[i], bf[j]);
+        }
     }
   }
   cp_async_wait<0>();
@@ -500,14 +577,30 @@ __device__ __forceinline__ void mainloop(float (&acc)[Cfg::kMmaM][Cfg::kMmaN][4]
 
 // ---- the kernel -------------------------------------------------------------------------------------
 
+// y[off], y[off + 1] (channels ch, ch + 1) through the epilogue with one paired store: a 32-bit
+// __half2 / __nv_bfloat162 (ConvEpilogue::store2), or for float a 64-bit float2 (off even, y and
+// residual 8-byte aligned).
+template <typename T>
+__device__ __forceinline__ void store_pair(const ConvEpilogue<T>& epi, T* y, int64_t off, int64_t ch, float v0,
+                                           float v1) {
+  if constexpr (std::is_same<T, float>::value) {
+    float2 res = make_float2(0.f, 0.f);
+    if (epi.residual != nullptr) res = *reinterpret_cast<const float2*>(epi.residual + off);
+    *reinterpret_cast<float2*>(y + off) = make_float2(epi.apply(v0, ch, res.x), epi.apply(v1, ch + 1, res.y));
+  } else {
+    epi.store2(y, off, ch, v0, v1);
+  }
+}
+
 template <typename Cfg, typename T, ConvDir kDir, bool kVec, bool kStats = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmParams<T> p) {
   static_assert(!kStats || kDir == ConvDir::kFprop, "batch statistics are an fprop epilogue");
   constexpr int BM = Cfg::kBM, WM = Cfg::kWM, WN = Cfg::kWN;
   constexpr int kStages = Cfg::kStages, kMmaM = Cfg::kMmaM, kMmaN = Cfg::kMmaN;
   FC_DYNAMIC_SHARED(128, unsigned char, smem);
-  uint16_t* smem_a = reinterpret_cast<uint16_t*>(smem);             // [kStages][BM·BK]
-  uint16_t* smem_b = smem_a + kStages * Cfg::kTileA;                 // [kStages][BN·BK]
+  using E = typename Cfg::Elem;
+  E* smem_a = reinterpret_cast<E*>(smem);                            // [kStages][BM·BK]
+  E* smem_b = smem_a + kStages * Cfg::kTileA;                        // [kStages][BN·BK]
   RowInfo* rows = reinterpret_cast<RowInfo*>(smem_b + kStages * Cfg::kTileB);  // [BM], fprop and dgrad
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -554,8 +647,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
     const T* xg = p.x + static_cast<int64_t>(g) * p.Cg;
     const T* wg = p.w + static_cast<int64_t>(g) * p.Kg * p.ws_k;
     mainloop<Cfg, T, false, false>(acc, smem_a, smem_b, kt0, kt1, lane, warp_m, warp_n, [&](int stage, int kt) {
-      uint16_t* As = smem_a + stage * Cfg::kTileA;
-      uint16_t* Bs = smem_b + stage * Cfg::kTileB;
+      E* As = smem_a + stage * Cfg::kTileA;
+      E* Bs = smem_b + stage * Cfg::kTileB;
       if constexpr (kVec) load_fprop_vec<Cfg, T>(p, rows, xg, wg, n0, kt, As, Bs, tid);
       else load_fprop_scalar<Cfg, T>(p, rows, xg, wg, n0, kt, As, Bs, tid);
     });
@@ -563,8 +656,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
     const T* dyg = p.dy + static_cast<int64_t>(g) * p.Kg;
     const T* wg = p.w + static_cast<int64_t>(g) * p.Kg * p.ws_k;
     mainloop<Cfg, T, false, true>(acc, smem_a, smem_b, kt0, kt1, lane, warp_m, warp_n, [&](int stage, int kt) {
-      uint16_t* As = smem_a + stage * Cfg::kTileA;
-      uint16_t* Bs = smem_b + stage * Cfg::kTileB;
+      E* As = smem_a + stage * Cfg::kTileA;
+      E* Bs = smem_b + stage * Cfg::kTileB;
       if constexpr (kVec) load_dgrad_vec<Cfg, T>(p, rows, dyg, wg, n0, kt, As, Bs, tid);
       else load_dgrad_scalar<Cfg, T>(p, rows, dyg, wg, n0, kt, As, Bs, tid);
     });
@@ -572,8 +665,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
     const T* dyg = p.dy + static_cast<int64_t>(g) * p.Kg;
     const T* xg = p.x + static_cast<int64_t>(g) * p.Cg;
     mainloop<Cfg, T, true, true>(acc, smem_a, smem_b, kt0, kt1, lane, warp_m, warp_n, [&](int stage, int kt) {
-      uint16_t* As = smem_a + stage * Cfg::kTileA;
-      uint16_t* Bs = smem_b + stage * Cfg::kTileB;
+      E* As = smem_a + stage * Cfg::kTileA;
+      E* Bs = smem_b + stage * Cfg::kTileB;
       if constexpr (kVec) load_wgrad_vec<Cfg, T>(p, dyg, xg, m0, n0, kt, As, Bs, tid);
       else load_wgrad_scalar<Cfg, T>(p, dyg, xg, m0, n0, kt, As, Bs, tid);
     });
@@ -596,7 +689,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
         if constexpr (kDir == ConvDir::kWgrad) {
           const int64_t off = partial_split + (static_cast<int64_t>(g) * p.Kg + m) * p.Ngemm + jj;
           if constexpr (kVec) {
-            // Ngemm % 8 == 0 and jj even: the pair is whole and 8-byte aligned.
+            // Ngemm a multiple of the chunk and jj even: the pair is whole and 8-byte aligned.
             if (jj < p.Ngemm) *reinterpret_cast<float2*>(p.partial + off) = make_float2(v0, v1);
           } else {
             if (jj < p.Ngemm) p.partial[off] = v0;
@@ -606,8 +699,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
           const int64_t ch = static_cast<int64_t>(g) * p.Ngemm + jj;
           const int64_t off = static_cast<int64_t>(m) * p.out_ld + ch;
           if constexpr (kVec) {
-            // Ngemm % 8 == 0 and jj even: the pair is entirely inside or entirely outside the group.
-            if (jj < p.Ngemm) p.epi.store2(p.out, off, ch, v0, v1);
+            // Ngemm a multiple of the chunk and jj even: the pair is entirely inside or entirely outside
+            // the group, and off is even.
+            if (jj < p.Ngemm) store_pair(p.epi, p.out, off, ch, v0, v1);
           } else {
             if (jj < p.Ngemm) p.epi.store(p.out, off, ch, v0);
             if (jj + 1 < p.Ngemm) p.epi.store(p.out, off + 1, ch + 1, v1);
@@ -827,12 +921,14 @@ cudaError_t launch_cfg(const IgemmParams<T>& p, unsigned int grid_z, cudaStream_
 
 template <ConvDir kDir, typename T, bool kStats = false>
 cudaError_t launch_dir(const IgemmParams<T>& p, bool large, bool vec, unsigned int grid_z, cudaStream_t stream) {
+  using Large = typename IgemmTiles<T>::Large;
+  using Small = typename IgemmTiles<T>::Small;
   if (large) {
-    return vec ? launch_cfg<IgemmLarge, T, kDir, true, kStats>(p, grid_z, stream)
-               : launch_cfg<IgemmLarge, T, kDir, false, kStats>(p, grid_z, stream);
+    return vec ? launch_cfg<Large, T, kDir, true, kStats>(p, grid_z, stream)
+               : launch_cfg<Large, T, kDir, false, kStats>(p, grid_z, stream);
   }
-  return vec ? launch_cfg<IgemmSmall, T, kDir, true, kStats>(p, grid_z, stream)
-             : launch_cfg<IgemmSmall, T, kDir, false, kStats>(p, grid_z, stream);
+  return vec ? launch_cfg<Small, T, kDir, true, kStats>(p, grid_z, stream)
+             : launch_cfg<Small, T, kDir, false, kStats>(p, grid_z, stream);
 }
 
 template <typename T>
@@ -871,12 +967,13 @@ struct WgradPlan {
 size_t wgrad_split_bytes(const Conv2dShape& s) {
   return static_cast<size_t>(s.K) * static_cast<size_t>(s.wgrad_n()) * sizeof(float);
 }
-WgradPlan wgrad_plan(const Conv2dShape& s, size_t workspace_limit) {
+// elem_bytes 2 or 4: the k-tile (BK elements) is 32 or 16 pixels deep.
+WgradPlan wgrad_plan(const Conv2dShape& s, size_t workspace_limit, int elem_bytes) {
   WgradPlan plan{};
   const int64_t M = s.wgrad_m(), N = s.wgrad_n();
   plan.large = M >= IgemmLarge::kBM && N >= IgemmLarge::kBN;
   const int64_t mn_blocks = plan.large ? tiles<IgemmLarge>(M, N, s.groups) : tiles<IgemmSmall>(M, N, s.groups);
-  const int64_t k_tiles = ceil_div(s.wgrad_k(), IgemmSmall::kBK);
+  const int64_t k_tiles = ceil_div(s.wgrad_k(), elem_bytes == 4 ? IgemmSmallTf32::kBK : IgemmSmall::kBK);
   int64_t splits = ceil_div(kLargeTileMinBlocks, mn_blocks);
   splits = std::min<int64_t>(splits, std::max<int64_t>(1, k_tiles / kMinTilesPerSplit));
   splits = std::min<int64_t>(splits, kMaxGridYZ / s.groups);
@@ -915,8 +1012,9 @@ size_t stats_workspace_bytes(const Conv2dShape& s) {
 
 }  // namespace
 
+// elem_bytes 2 (__half, __nv_bfloat16) and 4 (float, on TF32): the same shapes, every direction.
 bool conv2d_implicit_gemm_can_implement(const Conv2dShape& s, ConvDir dir, int elem_bytes) {
-  if (elem_bytes != 2) return false;
+  if (elem_bytes != 2 && elem_bytes != 4) return false;
   switch (dir) {
     case ConvDir::kFprop: return fprop_shape_ok(s);
     case ConvDir::kDgrad: return dgrad_shape_ok(s);
@@ -925,14 +1023,17 @@ bool conv2d_implicit_gemm_can_implement(const Conv2dShape& s, ConvDir dir, int e
   return false;
 }
 
-size_t conv2d_implicit_gemm_workspace_bytes(const Conv2dShape& s, ConvDir dir, int /*elem_bytes*/,
+// fprop: the bias converted to float (none for float: the epilogue reads it as it is).
+size_t conv2d_implicit_gemm_workspace_bytes(const Conv2dShape& s, ConvDir dir, int elem_bytes,
                                             size_t workspace_limit) {
+  if (elem_bytes != 2 && elem_bytes != 4) return 0;
   switch (dir) {
-    case ConvDir::kFprop: return bias_workspace_bytes(s.K);
+    case ConvDir::kFprop: return elem_bytes == 4 ? 0 : bias_workspace_bytes(s.K);
     case ConvDir::kDgrad: return 0;
     case ConvDir::kWgrad:
       if (!wgrad_shape_ok(s)) return 0;
-      return align_workspace(static_cast<size_t>(wgrad_plan(s, workspace_limit).splits) * wgrad_split_bytes(s));
+      return align_workspace(static_cast<size_t>(wgrad_plan(s, workspace_limit, elem_bytes).splits) *
+                             wgrad_split_bytes(s));
   }
   return 0;
 }
@@ -953,7 +1054,9 @@ template <typename T>
 cudaError_t conv2d_implicit_gemm_fprop(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, void* ws,
                                        size_t ws_bytes, cudaStream_t stream) {
   ConvEpilogue<T> epi;
-  if (bias != nullptr) {
+  if constexpr (std::is_same<T, float>::value) {
+    epi.bias = bias;  // already the accumulation type
+  } else if (bias != nullptr) {
     if (ws == nullptr || ws_bytes < bias_workspace_bytes(s.K)) return cudaErrorInvalidValue;
     float* bias_acc = static_cast<float*>(ws);
     FC_LAUNCH(grid_for(s.K, 256, 64), 256, 0, stream, bias_to_acc_kernel<T>)(bias, bias_acc, s.K);
@@ -1018,7 +1121,7 @@ cudaError_t conv2d_implicit_gemm_wgrad(const Conv2dShape& s, const T* dy, const 
     return cudaErrorInvalidValue;
   }
   // The same plan workspace_bytes made: ws_bytes covers exactly that many slices.
-  const WgradPlan plan = wgrad_plan(s, ws_bytes);
+  const WgradPlan plan = wgrad_plan(s, ws_bytes, static_cast<int>(sizeof(T)));
   IgemmParams<T> p = make_params<T>(s);
   p.dy = dy;
   p.x = x;
@@ -1046,11 +1149,16 @@ cudaError_t conv2d_implicit_gemm_wgrad(const Conv2dShape& s, const T* dy, const 
                                                      cudaStream_t);                                              \
   template cudaError_t conv2d_implicit_gemm_fprop_fused<T>(const Conv2dShape&, const T*, const T*, const AccT<T>*, \
                                                            const AccT<T>*, const T*, bool, T*, void*, size_t,     \
-                                                           cudaStream_t);                                          \
+                                                           cudaStream_t);
+#define FASTCONV_INSTANTIATE_IGEMM_STATS(T)                                                                       \
   template cudaError_t conv2d_implicit_gemm_fprop_stats<T>(const Conv2dShape&, const T*, const T*, T*, float*,    \
                                                            float*, float*, double, void*, size_t, cudaStream_t);
 FASTCONV_INSTANTIATE_IGEMM(__half)
 FASTCONV_INSTANTIATE_IGEMM(__nv_bfloat16)
+FASTCONV_INSTANTIATE_IGEMM(float)  // on TF32
+FASTCONV_INSTANTIATE_IGEMM_STATS(__half)
+FASTCONV_INSTANTIATE_IGEMM_STATS(__nv_bfloat16)
+#undef FASTCONV_INSTANTIATE_IGEMM_STATS
 #undef FASTCONV_INSTANTIATE_IGEMM
 
 }  // namespace cuda

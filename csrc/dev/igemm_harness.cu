@@ -19,9 +19,20 @@
 //    reference; mean / biased variance / invstd against double statistics of the kernel's own rounded
 //    y (what the op returns and BN normalises), |err| <= 1e-5·|ref| (+1e-6 for the mean); and two
 //    runs bit-identical (fixed-order partials and merge).
+//    float on TF32 (mma m16n8k8 .tf32), fprop (plain, bias, fused epilogue), dgrad and wgrad: C = 3,
+//    odd K, stride 2, dilation, groups, M tails, Kg > BN, the 16-byte path (C/groups, K/groups multiples
+//    of 4: C = 12, 8) and the element-wise one, both tile configs (the 128x128 ones on two 1x1 shapes
+//    and on wgrad at K = 200). Inputs are full FP32 values (random low mantissa bits). Reference: the
+//    untruncated inputs in double, with S = Σ|a·b| per output. Pass: |err| <= (2^-9 + n·2^-22)·|scale|·S
+//    + 2^-22·(|scale|·S + |bias| + |res|), n = ceil(K_gemm/8) + wgrad slices + 4 (each TF32 operand
+//    is off by < 2^-10 relative, so a product by < 2^-9; n FP32 roundings of partial sums <= S, 4 units
+//    each; 3 FP32 roundings in the epilogue). TF32 evidence: the result follows the reference on the
+//    truncated operands (mean distance <= 1/8 of the distance to the exact result) and is not
+//    bit-equal to the FP32-rounded exact result. The error per case is printed as a fraction of the
+//    bound. can_implement refuses element sizes other than 2 and 4.
 // 2. Timing: fprop + folded-BN + ReLU epilogue on ResNet-50 layers at N = 32 (CUDA events, warm-up,
 //    median of kReps), printed as ms, TFLOP/s, % of 798 TFLOP/s (our measured bf16 GEMM on the H100)
-//    and compulsory-traffic GB/s; then bf16 dgrad and wgrad on the same layers.
+//    and compulsory-traffic GB/s; then bf16 dgrad and wgrad on the same layers. (No float timings yet.)
 // Exit status 1 when any check fails or a CUDA call errors.
 #include <algorithm>
 #include <cmath>
@@ -68,11 +79,14 @@ size_t numel_w(const Conv2dShape& s) { return static_cast<size_t>(s.K * s.Cg() *
 
 // Host conversions for the two storage types.
 template <typename T> T to_t(float v);
+template <> float to_t<float>(float v) { return v; }
 template <> __half to_t<__half>(float v) { return __float2half_rn(v); }
 template <> __nv_bfloat16 to_t<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+float to_f(float v) { return v; }
 float to_f(__half v) { return __half2float(v); }
 float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename T> const char* type_name();
+template <> const char* type_name<float>() { return "tf32"; }
 template <> const char* type_name<__half>() { return "f16"; }
 template <> const char* type_name<__nv_bfloat16>() { return "bf16"; }
 template <typename T> double rtol();
@@ -103,24 +117,30 @@ enum class Epi { kNone, kBias, kFused };
 const char* epi_name(Epi e) { return e == Epi::kNone ? "plain" : e == Epi::kBias ? "bias" : "scale+bias+res+relu"; }
 
 // ---- CPU reference: NHWC / KRSC / NPQK, double accumulation, epilogue in double ----------------------
+// mag (nullable): per output, Σ|x·w| over its terms (for the TF32 error bound).
 void ref_fprop(const Conv2dShape& s, const std::vector<float>& x, const std::vector<float>& w, const float* scale,
-               const float* bias, const float* res, bool relu, std::vector<double>& y) {
+               const float* bias, const float* res, bool relu, std::vector<double>& y,
+               std::vector<double>* mag = nullptr) {
   const int64_t Cg = s.Cg(), Kg = s.Kg();
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t p = 0; p < s.P; ++p)
       for (int64_t q = 0; q < s.Q; ++q)
         for (int64_t k = 0; k < s.K; ++k) {
           const int64_t g = k / Kg;
-          double acc = 0.0;
+          double acc = 0.0, acc_mag = 0.0;
           for (int64_t r = 0; r < s.R; ++r)
             for (int64_t t = 0; t < s.S; ++t) {
               const int64_t h = s.in_h(p, r), ww = s.in_w(q, t);
               if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) continue;
               const float* xp = &x[static_cast<size_t>(s.x.offset(n, g * Cg, h, ww))];
               const float* wp = &w[static_cast<size_t>(k * s.w.n + r * s.w.h + t * s.w.w)];
-              for (int64_t c = 0; c < Cg; ++c) acc += double(xp[c]) * double(wp[c]);
+              for (int64_t c = 0; c < Cg; ++c) {
+                acc += double(xp[c]) * double(wp[c]);
+                acc_mag += std::fabs(double(xp[c]) * double(wp[c]));
+              }
             }
           const size_t off = static_cast<size_t>(s.y.offset(n, k, p, q));
+          if (mag) (*mag)[off] = acc_mag;
           if (scale) acc *= scale[k];
           if (bias) acc += bias[k];
           if (res) acc += res[off];
@@ -252,8 +272,9 @@ bool time_case(const Case& cs) {
 
 // ---- dgrad / wgrad: CPU references (double accumulation), checks and timings ------------------------
 void ref_dgrad(const Conv2dShape& s, const std::vector<float>& dy, const std::vector<float>& w,
-               std::vector<double>& dx) {
+               std::vector<double>& dx, std::vector<double>* mag = nullptr) {
   std::fill(dx.begin(), dx.end(), 0.0);
+  if (mag) std::fill(mag->begin(), mag->end(), 0.0);
   const int64_t Cg = s.Cg(), Kg = s.Kg();
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t p = 0; p < s.P; ++p)
@@ -266,15 +287,19 @@ void ref_dgrad(const Conv2dShape& s, const std::vector<float>& dy, const std::ve
               const int64_t h = s.in_h(p, r), ww = s.in_w(q, t);
               if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) continue;
               const float* wp = &w[static_cast<size_t>(k * s.w.n + r * s.w.h + t * s.w.w)];
-              double* xp = &dx[static_cast<size_t>(s.x.offset(n, g * Cg, h, ww))];
+              const size_t off = static_cast<size_t>(s.x.offset(n, g * Cg, h, ww));
+              double* xp = &dx[off];
               for (int64_t c = 0; c < Cg; ++c) xp[c] += d * double(wp[c]);
+              if (mag)
+                for (int64_t c = 0; c < Cg; ++c) (*mag)[off + c] += std::fabs(d * double(wp[c]));
             }
         }
 }
 
 void ref_wgrad(const Conv2dShape& s, const std::vector<float>& dy, const std::vector<float>& x,
-               std::vector<double>& dw) {
+               std::vector<double>& dw, std::vector<double>* mag = nullptr) {
   std::fill(dw.begin(), dw.end(), 0.0);
+  if (mag) std::fill(mag->begin(), mag->end(), 0.0);
   const int64_t Cg = s.Cg(), Kg = s.Kg();
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t p = 0; p < s.P; ++p)
@@ -287,8 +312,11 @@ void ref_wgrad(const Conv2dShape& s, const std::vector<float>& dy, const std::ve
               const int64_t h = s.in_h(p, r), ww = s.in_w(q, t);
               if (h < 0 || h >= s.H || ww < 0 || ww >= s.W) continue;
               const float* xp = &x[static_cast<size_t>(s.x.offset(n, g * Cg, h, ww))];
-              double* wp = &dw[static_cast<size_t>(k * s.w.n + r * s.w.h + t * s.w.w)];
+              const size_t off = static_cast<size_t>(k * s.w.n + r * s.w.h + t * s.w.w);
+              double* wp = &dw[off];
               for (int64_t c = 0; c < Cg; ++c) wp[c] += d * double(xp[c]);
+              if (mag)
+                for (int64_t c = 0; c < Cg; ++c) (*mag)[off + c] += std::fabs(d * double(xp[c]));
             }
         }
 }
@@ -478,6 +506,157 @@ bool check_stats(const Case& cs, float offset, int& fails) {
   return true;
 }
 
+// ---- float on TF32 ------------------------------------------------------------------------------------
+// Inputs are full FP32 values in [-1, 1) (23 random mantissa bits: the low 13 are almost never 0).
+// Reference: the same FP32 inputs, untruncated, products and sums in double (ref), and per output
+// S = Σ|a·b| over its terms. The bound follows from the TF32 reading of each operand (10 mantissa
+// bits, truncated: relative error < 2^-10 each, so a product is off by < 2^-9·|a·b|) and from FP32
+// accumulation (n roundings of partial sums bounded by S, n = ceil(K_gemm / 8) mma steps + wgrad's
+// split-K slices + 4, each allowed 4 units of 2^-24 for the hardware's accumulation order):
+//   |err| <= (2^-9 + n·2^-22)·|scale|·S + 2^-22·(|scale|·S + |bias| + |res|)   (epilogue: 3 FP32 roundings)
+// TF32 evidence: ref_t, the same reference on the operands as the tensor core reads them (low 13
+// mantissa bits cleared: csrc/emu/ptx_emu.h's reading, pinned by test_ptx_conformance). The result
+// must follow it, Σ|y − ref_t| <= Σ|y − ref| / 8, which an FP32 (non-TF32) path cannot do on these
+// inputs; and it must not be bit-equal to the FP32-rounded reference everywhere.
+float tf32_trunc(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u &= 0xffffe000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+std::vector<float> truncated(const std::vector<float>& v) {
+  std::vector<float> t(v.size());
+  for (size_t i = 0; i < v.size(); ++i) t[i] = tf32_trunc(v[i]);
+  return t;
+}
+
+bool check_tf32(const Case& cs, ConvDir dir, Epi epi, int& fails) {
+  const Conv2dShape s = make_shape(cs);
+  const char* dname = dir == ConvDir::kFprop ? epi_name(epi) : dir == ConvDir::kDgrad ? "dgrad" : "wgrad";
+  if (!conv2d_implicit_gemm_can_implement(s, dir, 4)) {
+    std::printf("FAIL %-28s tf32 %s: can_implement is false\n", cs.name, dname);
+    ++fails;
+    return true;
+  }
+  const bool fused = dir == ConvDir::kFprop && epi == Epi::kFused;
+  const bool has_bias = dir == ConvDir::kFprop && epi != Epi::kNone;
+  std::vector<float> a, b, res(numel_y(s)), scale(s.K), bias(s.K);  // a = x or dy, b = w or x
+  std::vector<double> ref, ref_t, mag, mag_t;
+  double k_gemm = 0.0;
+  if (dir == ConvDir::kFprop) {
+    a.resize(numel_x(s));
+    b.resize(numel_w(s));
+    fill(a, 11);
+    fill(b, 12);
+    fill(res, 13);
+    fill(scale, 14);
+    fill(bias, 15);
+    for (auto& v : scale) v = 0.5f + 0.5f * (v + 1.f);
+    mag.resize(numel_y(s));
+    ref.resize(numel_y(s));
+    ref_t.resize(ref.size());
+    ref_fprop(s, a, b, fused ? scale.data() : nullptr, has_bias ? bias.data() : nullptr, fused ? res.data() : nullptr,
+              fused, ref, &mag);
+    ref_fprop(s, truncated(a), truncated(b), fused ? scale.data() : nullptr, has_bias ? bias.data() : nullptr,
+              fused ? res.data() : nullptr, fused, ref_t);
+    k_gemm = double(s.fprop_k());
+  } else {
+    const bool dgrad = dir == ConvDir::kDgrad;
+    a.resize(numel_y(s));
+    b.resize(dgrad ? numel_w(s) : numel_x(s));
+    fill(a, 16);
+    fill(b, 17);
+    ref.resize(dgrad ? numel_x(s) : numel_w(s));
+    ref_t.resize(ref.size());
+    mag.resize(ref.size());
+    if (dgrad) {
+      ref_dgrad(s, a, b, ref, &mag);
+      ref_dgrad(s, truncated(a), truncated(b), ref_t);
+    } else {
+      ref_wgrad(s, a, b, ref, &mag);
+      ref_wgrad(s, truncated(a), truncated(b), ref_t);
+    }
+    k_gemm = double(dgrad ? s.dgrad_k() : s.wgrad_k());
+  }
+
+  float *d_a, *d_b, *d_out, *d_res, *d_scale, *d_bias;
+  void* ws = nullptr;
+  const size_t ws_bytes = conv2d_implicit_gemm_workspace_bytes(s, dir, 4, size_t(1) << 30);
+  CUDA_CHECK(cudaMalloc(&d_a, a.size() * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_b, b.size() * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_out, ref.size() * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_res, res.size() * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_scale, scale.size() * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&d_bias, bias.size() * sizeof(float)));
+  if (ws_bytes) CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
+  CUDA_CHECK(cudaMemcpy(d_a, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_b, b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_res, res.data(), res.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_scale, scale.data(), scale.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_bias, bias.data(), bias.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemset(d_out, 0xff, ref.size() * sizeof(float)));  // all-ones bits: NaN
+  if (dir == ConvDir::kFprop) {
+    if (fused) {
+      CUDA_CHECK(conv2d_implicit_gemm_fprop_fused<float>(s, d_a, d_b, d_scale, d_bias, d_res, true, d_out, nullptr, 0,
+                                                         0));
+    } else {
+      CUDA_CHECK(conv2d_implicit_gemm_fprop<float>(s, d_a, d_b, has_bias ? d_bias : nullptr, d_out, ws, ws_bytes, 0));
+    }
+  } else if (dir == ConvDir::kDgrad) {
+    CUDA_CHECK(conv2d_implicit_gemm_dgrad<float>(s, d_a, d_b, d_out, ws, ws_bytes, 0));
+  } else {
+    CUDA_CHECK(conv2d_implicit_gemm_wgrad<float>(s, d_a, d_b, d_out, ws, ws_bytes, 0));
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> out(ref.size());
+  CUDA_CHECK(cudaMemcpy(out.data(), d_out, out.size() * sizeof(float), cudaMemcpyDeviceToHost));
+
+  // wgrad's slices: at most ws_bytes / (K·R·S·Cg floats).
+  const double splits = dir == ConvDir::kWgrad ? std::floor(double(ws_bytes) / (double(s.K * s.wgrad_n()) * 4.0)) : 0.0;
+  const double n_round = std::ceil(k_gemm / 8.0) + splits + 4.0;
+  size_t bad = 0, first_bad = 0, bit_equal = 0;
+  double max_err = 0.0, max_ratio = 0.0, sum_err = 0.0, sum_err_t = 0.0;  // ratio: err / bound
+  for (size_t i = 0; i < out.size(); ++i) {
+    const size_t ch = dir == ConvDir::kFprop ? i % static_cast<size_t>(s.K) : 0;  // NPQK: channel at stride 1
+    const double sc = fused ? std::fabs(double(scale[ch])) : 1.0;
+    const double epi_tol = 0x1p-22 * (sc * mag[i] + (has_bias ? std::fabs(double(bias[ch])) : 0.0) +
+                                      (fused ? std::fabs(double(res[i])) : 0.0));
+    const double tol = (0x1p-9 + n_round * 0x1p-22) * sc * mag[i] + epi_tol;
+    const double err = std::fabs(double(out[i]) - ref[i]);
+    if (!(err <= tol)) {  // NaN fails too
+      if (bad++ == 0) first_bad = i;
+    }
+    sum_err += err;
+    sum_err_t += std::fabs(double(out[i]) - ref_t[i]);
+    if (out[i] == static_cast<float>(ref[i])) ++bit_equal;
+    if (err > max_err || std::isnan(err)) max_err = std::isnan(err) ? INFINITY : err;
+    if (tol > 0.0) max_ratio = std::max(max_ratio, std::isnan(err) ? INFINITY : err / tol);
+  }
+  const bool tf32_seen = sum_err > 0.0 && sum_err_t <= sum_err / 8 && bit_equal < out.size();
+  std::printf("%s %-28s tf32 %-20s max|err| %.3e (%.3f of bound); mean|err| %.2e, vs TF32 ref %.2e; %zu of %zu "
+              "bit-equal to FP32\n",
+              bad || !tf32_seen ? "FAIL" : "ok  ", cs.name, dname, max_err, max_ratio, sum_err / double(out.size()),
+              sum_err_t / double(out.size()), bit_equal, out.size());
+  if (bad) {
+    std::printf("     %zu of %zu wrong; first at %zu: got %.7f want %.7f (S = %.4f)\n", bad, out.size(), first_bad,
+                double(out[first_bad]), ref[first_bad], mag[first_bad]);
+    ++fails;
+  } else if (!tf32_seen) {
+    std::printf("     the result does not follow the TF32 reading of the operands: not the TF32 path\n");
+    ++fails;
+  }
+  cudaFree(d_a);
+  cudaFree(d_b);
+  cudaFree(d_out);
+  cudaFree(d_res);
+  cudaFree(d_scale);
+  cudaFree(d_bias);
+  cudaFree(ws);
+  return true;
+}
+
 int main() {
   // name, N, C, H, W, K, R, S, pad, stride, dil, groups
   const Case checks[] = {
@@ -514,12 +693,34 @@ int main() {
       ok = ok && check_bwd<__nv_bfloat16>(c, d, fails);
     }
   }
-  // float is not implemented and must say so.
-  const Conv2dShape s0 = make_shape(checks[1]);
-  for (ConvDir d : {ConvDir::kFprop, ConvDir::kDgrad, ConvDir::kWgrad}) {
-    if (conv2d_implicit_gemm_can_implement(s0, d, 4)) {
-      std::printf("FAIL can_implement accepts float\n");
-      ++fails;
+  // float on TF32, every direction; the 16-byte path needs C/groups and K/groups multiples of 4.
+  const Case tf32_checks[] = {
+      {"stem C=3 7x7/2 (elementwise)", 2, 3, 20, 18, 16, 7, 7, 3, 2, 1, 1},
+      {"3x3 C=12 K=20 (cp.async f32)", 2, 12, 9, 11, 20, 3, 3, 1, 1, 1, 1},
+      {"3x3 C=12 K=10 (elementwise)", 2, 12, 7, 9, 10, 3, 3, 1, 1, 1, 1},
+      {"3x3/2 C=64 K=72 M tail", 3, 64, 13, 11, 72, 3, 3, 1, 2, 1, 1},
+      {"3x3 dil2 C=8 K=8", 1, 8, 12, 10, 8, 3, 3, 2, 1, 2, 1},
+      {"grouped g=2 C=8 K=24 (vec)", 2, 8, 8, 7, 24, 3, 3, 1, 1, 1, 2},
+      {"grouped g=3 C=9 K=6 (elem)", 2, 9, 6, 7, 6, 3, 3, 1, 1, 1, 3},
+      {"5x3 pad 2 K>BN C=24 K=200", 2, 24, 9, 10, 200, 5, 3, 2, 1, 1, 1},
+  };
+  for (const Case& c : tf32_checks) {
+    for (Epi e : {Epi::kNone, Epi::kBias, Epi::kFused}) ok = ok && check_tf32(c, ConvDir::kFprop, e, fails);
+    ok = ok && check_tf32(c, ConvDir::kDgrad, Epi::kNone, fails);
+    ok = ok && check_tf32(c, ConvDir::kWgrad, Epi::kNone, fails);
+  }
+  // The 128x128 tiles (wgrad takes them above, at K = 200): fprop and dgrad need >= 264 of them.
+  ok = ok && check_tf32({"1x1 large tile C=20 K=256", 22, 20, 28, 28, 256, 1, 1, 0, 1, 1, 1}, ConvDir::kFprop,
+                        Epi::kFused, fails);
+  ok = ok && check_tf32({"1x1 large tile C=256 K=12", 22, 256, 28, 28, 12, 1, 1, 0, 1, 1, 1}, ConvDir::kDgrad,
+                        Epi::kNone, fails);
+  // Elements of any other size are refused.
+  for (int eb : {1, 3, 8}) {
+    for (ConvDir d : {ConvDir::kFprop, ConvDir::kDgrad, ConvDir::kWgrad}) {
+      if (conv2d_implicit_gemm_can_implement(make_shape(checks[1]), d, eb)) {
+        std::printf("FAIL can_implement accepts %d-byte elements\n", eb);
+        ++fails;
+      }
     }
   }
 

@@ -54,14 +54,32 @@ FASTCONV_DECLARE_CONV_ALGO(direct)
 FASTCONV_DECLARE_CONV_ALGO(im2col)
 // conv2d_1x1.cu — R = S = 1, no padding, any stride/groups; T in {float, __half, __nv_bfloat16}.
 FASTCONV_DECLARE_CONV_ALGO(gemm1x1)
-// conv2d_igemm_tc.cu — tensor-core implicit GEMM (sm_80+ mma.sync.m16n8k16, FP32 accumulate) on
-// NHWC x / KRSC w / NPQK y (channels_last tensors; y, dy, dx and dw dense). T in {__half, __nv_bfloat16};
-// float (TF32 / exact FP32) is not implemented yet. fprop, dgrad and wgrad; any C, K, groups, stride,
-// padding, dilation: the 16-byte cp.async path needs C/groups and K/groups multiples of 8, any other
-// size runs the predicated element-wise path. Workspace: fprop the bias converted to float; dgrad
-// none; wgrad FP32 split-K partials (as many K·R·S·C/groups slices as workspace_limit allows, at
-// least one), summed in a fixed order (deterministic, no atomics).
+// conv2d_igemm_tc.cu — tensor-core implicit GEMM (sm_80+ mma.sync, FP32 accumulate) on NHWC x / KRSC w /
+// NPQK y (channels_last tensors; y, dy, dx and dw dense). T in {__half, __nv_bfloat16} (m16n8k16) and
+// float (elem_bytes 4) on TF32 (m16n8k8 .tf32: each operand is read with 10 mantissa bits, the low 13
+// ignored, i.e. truncated; not an exact-FP32 algorithm, the caller decides whether TF32 is allowed).
+// fprop, dgrad and wgrad for both element sizes; any C, K, groups, stride, padding, dilation: the
+// 16-byte cp.async path needs C/groups and K/groups multiples of 8 (4 for float), any other size runs
+// the predicated element-wise path. can_implement is false for elem_bytes other than 2 and 4.
+// Workspace: fprop the bias converted to float (none for float); dgrad none; wgrad FP32 split-K
+// partials (as many K·R·S·C/groups slices as workspace_limit allows, at least one), summed in a fixed
+// order (deterministic, no atomics).
 FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
+
+// conv2d_igemm_sm90.cu — the Hopper engine: warp-specialised wgmma + TMA implicit GEMM (sm_90a; a
+// CC 9.0 device only: can_implement is false elsewhere) on NHWC x / KRSC w / NPQK y. T in {__half,
+// __nv_bfloat16, float}; float runs on TF32 tensor cores (the binding allows it only when TF32 is
+// enabled). fprop (any stride/padding/dilation within TMA's im2col limits; C·elem and C/groups·elem
+// multiples of 16 bytes; groups > 1 needs C/groups a multiple of 128 bytes of channels) and dgrad for
+// stride 1 (as an fprop of the flipped filter); no wgrad. Workspace: fprop the bias as float and, when
+// it fits the limit, FP32 split-K partials (small-M problems); dgrad the flipped filter (+ partials).
+// Never run on a GPU yet: verified on the emulated sm_90 device only. The tile configuration is the
+// launcher's rule (conv2d_igemm_sm90.cu: make_plan); the _128x128, _64x64 and _splitk algorithms force
+// one (same contract; _splitk needs its partials in the workspace), for the autotuner and for users.
+FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90)
+FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90_128x128)
+FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90_64x64)
+FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90_splitk)
 
 #undef FASTCONV_DECLARE_CONV_ALGO
 
@@ -73,6 +91,14 @@ template <typename T>
 cudaError_t conv2d_implicit_gemm_fprop_fused(const Conv2dShape& s, const T* x, const T* w, const AccT<T>* scale,
                                              const AccT<T>* bias, const T* residual, bool relu, T* y, void* ws,
                                              size_t ws_bytes, cudaStream_t stream);
+
+// conv2d_igemm_sm90.cu — the same fused fprop on the Hopper engine (T in {__half, __nv_bfloat16, float =
+// TF32}); ws: optional FP32 split-K partials (conv2d_implicit_gemm_sm90_workspace_bytes(s, kFprop, ...)
+// minus the bias slot), null runs without split-K.
+template <typename T>
+cudaError_t conv2d_implicit_gemm_sm90_fprop_fused(const Conv2dShape& s, const T* x, const T* w, const float* scale,
+                                                  const float* bias, const T* residual, bool relu, T* y, void* ws,
+                                                  size_t ws_bytes, cudaStream_t stream);
 
 // conv2d_igemm_tc.cu — fprop that also yields the batch statistics of its output (conv2d_bn_train):
 //   y = conv(x, w) (no epilogue); per output channel k, over the N·P·Q outputs as rounded to T:

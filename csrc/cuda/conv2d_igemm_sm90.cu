@@ -1,0 +1,636 @@
+// conv2d_igemm_sm90.cu — the Hopper implicit-GEMM convolution: warp-specialised wgmma + TMA, NHWC / KRSC /
+// NPQK, f16 / bf16, and float32 on TF32 tensor cores (only when the caller allows TF32).
+//
+// fprop, per group g (Cg = C/groups, Kg = K/groups), as conv2d_igemm_tc.cu:
+//   GEMM  M = N·P·Q output pixels, N = Kg filters, K = R·S·Cg taps (k-iteration kit = (r·S + s)·CC + cc,
+//         CC = ceil(Cg / BK) channel chunks of BK elements = 128 bytes)
+//   A[m][k] = x[n, p·sh − ph + r·dh, q·sw − pw + s·dw, g·Cg + c] (0 in padding)   B[j][k] = w[g·Kg + j, r, s, c]
+//
+// Kernel: igemm_sm90_kernel<Cfg, T, kSplitK>, a persistent grid (min(tiles, SMs · blocks per SM)) of
+// blocks of 1 producer warpgroup + Cfg::kConsumers consumer warpgroups (128 threads each). Block b
+// processes tiles b, b + gridDim.x, ... (tile = (split, m-tile, n-tile, group), m fastest so that
+// neighbouring blocks share filter tiles in L2); producer and consumers walk the same sequence.
+//   Shared memory: a kStages ring; stage s = A tile (BM pixel rows x 128 bytes) + B tile (BN filter rows x
+//   128 bytes), both written by TMA with the 128-byte swizzle (16-byte chunk ^= row % 8) and read by
+//   wgmma through K-major SW128 descriptors (SBO = 1024 bytes per 8 rows); 1024-byte aligned stages.
+//   Barriers per stage: full[s] (count 1: the producer's arrive.expect_tx; the TMA bytes complete it) and
+//   empty[s] (count kConsumers·128: every consumer thread arrives once its wgmma reading s completed).
+//   Producer (warp 0 of warpgroup 0, one elected lane; setmaxnreg.dec to 40): for each k-iteration waits
+//   empty[s] (parity phase ^ 1: a fresh ring counts as released), arms full[s] with the stage's bytes,
+//   issues the A load — TMA im2col mode: BM consecutive pixels of the im2col column starting at the
+//   tile's first output pixel (its window corner (q0·sw − pw, p0·sh − ph, n0)), channels [g·Cg + cc·BK,
+//   +BK), at filter offset (s·dw, r·dh); the traversal wraps rows and images and zero-fills past N —
+//   and the B load (tiled mode on w viewed as [K][R·S][Cg]: box {BK, 1, BN} at {cc·BK, r·S + s, g·Kg +
+//   n0}; channels past Cg and filters past K are zero-filled).
+//   Consumers (setmaxnreg.inc to 232): consumer c owns tile rows [64c, 64c + 64): per k-iteration it
+//   waits full[s], issues 4 wgmma m64nBNk{16,8} (128 bytes of K, 32 bytes each: the descriptors' start
+//   addresses step 32 bytes inside the swizzle atom), commits, waits until only this group is in
+//   flight (wait_group 1) and then releases the previous stage: loads for stage s + kStages − 1 overlap
+//   the MMAs of stage s. After the last k-iteration: wait_group 0, release, epilogue.
+//   Epilogue (from the accumulators): thread (warp w, lane l) holds rows 16w + l/4 (+8) and columns
+//   8i + 2(l%4) (+1) of its 64 x BN block (PTX ISA wgmma D fragment): y through ConvEpilogue
+//   (scale, bias, residual, ReLU, rounding to T once), paired 32-bit stores for 16-bit T when aligned.
+//   kSplitK: the K range is cut into `splits` slices (one more tile coordinate); the epilogue stores
+//   FP32 partials to the workspace ([split][M][K]), and splitk_reduce_kernel adds them in split order
+//   (deterministic) and applies the epilogue once.
+// dgrad (stride 1 only): dx = fprop(dy, w') with w'[c][r][s][k] = w[k][R−1−r][S−1−s][c] written to the
+// workspace by flip_filter_kernel, padding dh·(R−1) − ph (must be >= 0): the same kernel and tiles, so
+// no stride² wasted MMAs (stride > 1 is refused). wgrad is not implemented on this path.
+//
+// can_implement: a CC 9.0 device (the sm_90a code runs nowhere else), NHWC x (channel stride 1, pixel
+// strides multiples of 16 bytes), dense KRSC w, dense NPQK y, C·elem and Cg·elem multiples of 16 bytes
+// (TMA strides), groups == 1 or Cg a multiple of BK (a channel chunk must not reach the next group),
+// 16-byte aligned x and w, TMA im2col limits (corners and offsets, below), every index below 2^31.
+#include <algorithm>
+
+#include "common.cuh"
+#include "epilogue.cuh"
+#include "ptx.cuh"
+#include "tensor_map.cuh"
+
+namespace fastconv {
+namespace cuda {
+namespace {
+
+// ---- tile configurations ------------------------------------------------------------------------------
+
+// BM x BN x (128 bytes of K) per tile, BM / 64 consumer warpgroups, kStages-deep TMA ring.
+template <int BM_, int BN_, int kStages_>
+struct Sm90Config {
+  static constexpr int kBM = BM_, kBN = BN_, kStages = kStages_;
+  static constexpr int kConsumers = kBM / 64;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kRowBytes = 128;                  // one swizzle atom row = the stage's K extent
+  static constexpr int kStepBytes = 32;                  // K bytes per wgmma (k16 x 2 B, k8 x 4 B)
+  static constexpr int kSteps = kRowBytes / kStepBytes;  // wgmma per stage per consumer
+  static constexpr int kTileABytes = kBM * kRowBytes, kTileBBytes = kBN * kRowBytes;
+  static constexpr int kStageBytes = kTileABytes + kTileBBytes;
+  static constexpr int kAlign = 1024;                    // the 128-byte swizzle's pattern repeat
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kSmemBytes = kAlign + kStages * kStageBytes + kBarrierBytes;
+  // setmaxnreg budgets: the producer needs few; the consumers hold BN/2 accumulators each.
+  static constexpr int kProducerRegs = 40, kConsumerRegs = kConsumers == 2 ? 232 : 240;
+
+  static_assert(kBM == 64 || kBM == 128, "one or two consumer warpgroups of 64 rows (wgmma m64)");
+  static_assert(kBN == 64 || kBN == 128, "ptx.cuh has wgmma_ss for N = 64 and 128");
+  static_assert(kStages >= 2, "the ring needs at least two stages");
+  static_assert(kSteps * kStepBytes == kRowBytes, "the wgmma steps cover the stage's K extent");
+  static_assert(kTileABytes % kAlign == 0 && kTileBBytes % kAlign == 0, "every tile starts on a swizzle pattern");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory must fit an H100/H200's 227 KB per block");
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
+                "the register budgets must fit the SM's 64K registers");
+};
+// 128 x 128, 4 stages (129 KB, one block per SM): the large-problem tile.
+using Sm90Large = Sm90Config<128, 128, 4>;
+// 64 x 64, 4 stages (65 KB): small M or Kg; also the split-K configuration (late layers at small batch).
+using Sm90Small = Sm90Config<64, 64, 4>;
+
+constexpr int kWgThreads = 128;
+static_assert(Sm90Large::kThreads == 3 * kWgThreads, "producer + two consumer warpgroups");
+// Large tiles only when there are enough of them to give every SM one.
+constexpr int64_t kSm90LargeMinTiles = 132;
+// Split-K when the MN tiles cannot fill the GPU and each slice still has this many k-iterations.
+constexpr int64_t kSplitKMinIters = 8;
+constexpr int64_t kSplitKMaxSplits = 16;
+constexpr int64_t kSm90IndexLimit = int64_t(1) << 31;
+constexpr size_t kWorkspaceAlign = 256;
+// TMA im2col limits for a 4-D tensor (driver API, cuTensorMapEncodeIm2col / PTX im2col offsets).
+constexpr int kIm2colCornerMin = -128, kIm2colCornerMax = 127;
+constexpr int kIm2colOffsetMax = 255;
+
+// Kernel parameters (torch-free). The tensor maps are separate __grid_constant__ parameters.
+template <typename T>
+struct Sm90Params {
+  T* out;             // y (dense NPQK), or null with kSplitK
+  float* partial;     // kSplitK: [splits][M][K] FP32
+  ConvEpilogue<T> epi;
+  int M, Kg, K, Cg;   // GEMM M, N per group, y's row length, channels per group
+  int PQ, Q, S;
+  int pad_h, pad_w, stride_h, stride_w, dil_h, dil_w;
+  int chunks;         // CC: channel chunks per tap
+  int k_iters;        // R·S·CC
+  int m_tiles, n_tiles, groups, splits, iters_per_split;
+  int tiles;          // m_tiles · n_tiles · groups · splits
+  bool vec_store;     // paired 32-bit stores are aligned
+};
+
+template <typename Cfg>
+__device__ __forceinline__ void decode_tile(int t, int m_tiles, int n_tiles, int groups, int& mt, int& nt, int& g,
+                                            int& split) {
+  mt = t % m_tiles;
+  t /= m_tiles;
+  nt = t % n_tiles;
+  t /= n_tiles;
+  g = t % groups;
+  split = t / groups;
+}
+
+// ---- the kernel ---------------------------------------------------------------------------------------------
+
+template <typename Cfg, typename T, bool kSplitK>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    igemm_sm90_kernel(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w,
+                      const Sm90Params<T> p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(FASTCONV_EMU)
+  FC_DYNAMIC_SHARED(1024, unsigned char, smem_raw);
+  // The dynamic window is only guaranteed 16-byte aligned: round up to the swizzle pattern.
+  const unsigned int raw = smem_addr(smem_raw);
+  const unsigned int base = (raw + Cfg::kAlign - 1) / Cfg::kAlign * Cfg::kAlign;
+  const unsigned int bars = base + Cfg::kStages * Cfg::kStageBytes;
+  auto stage_a = [&](int s) { return base + static_cast<unsigned int>(s * Cfg::kStageBytes); };
+  auto stage_b = [&](int s) { return stage_a(s) + static_cast<unsigned int>(Cfg::kTileABytes); };
+  auto full = [&](int s) { return bars + static_cast<unsigned int>(8 * s); };
+  auto empty = [&](int s) { return bars + static_cast<unsigned int>(8 * (Cfg::kStages + s)); };
+
+  const int wg = static_cast<int>(threadIdx.x) / kWgThreads;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      mbarrier_init(full(s), 1);
+      mbarrier_init(empty(s), Cfg::kConsumers * kWgThreads);
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ---- producer ----
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (threadIdx.x >= 32) return;
+    if (!elect_one_sync()) return;
+    tma_prefetch_desc(&tmap_x);
+    tma_prefetch_desc(&tmap_w);
+    int stage = 0;
+    unsigned int phase = 0;
+    for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+      int mt, nt, g, split;
+      decode_tile<Cfg>(t, p.m_tiles, p.n_tiles, p.groups, mt, nt, g, split);
+      const int m0 = mt * Cfg::kBM;
+      const int n_img = m0 / p.PQ, pq = m0 % p.PQ;
+      const int corner_h = (pq / p.Q) * p.stride_h - p.pad_h, corner_w = (pq % p.Q) * p.stride_w - p.pad_w;
+      const int kb = split * p.iters_per_split, ke = min(p.k_iters, kb + p.iters_per_split);
+      for (int kit = kb; kit < ke; ++kit) {
+        const int rs = kit / p.chunks, cc = kit % p.chunks;
+        const int r = rs / p.S, s = rs % p.S;
+        mbarrier_wait_parity(empty(stage), phase ^ 1u);
+        mbarrier_arrive_expect_tx(full(stage), Cfg::kStageBytes);
+        tma_load_im2col_4d(stage_a(stage), &tmap_x, full(stage), g * p.Cg + cc * (Cfg::kRowBytes / int(sizeof(T))),
+                           corner_w, corner_h, n_img, static_cast<uint16_t>(s * p.dil_w),
+                           static_cast<uint16_t>(r * p.dil_h));
+        tma_load_tile_3d(stage_b(stage), &tmap_w, full(stage), cc * (Cfg::kRowBytes / int(sizeof(T))), rs,
+                         g * p.Kg + nt * Cfg::kBN);
+        if (++stage == Cfg::kStages) {
+          stage = 0;
+          phase ^= 1u;
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  setmaxnreg_inc<Cfg::kConsumerRegs>();
+  const int consumer = wg - 1;
+  const int tid = static_cast<int>(threadIdx.x) % kWgThreads;
+  const int warp = tid / 32, lane = tid % 32;
+  int stage = 0;
+  unsigned int phase = 0;
+  for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+    int mt, nt, g, split;
+    decode_tile<Cfg>(t, p.m_tiles, p.n_tiles, p.groups, mt, nt, g, split);
+    const int kb = split * p.iters_per_split, ke = min(p.k_iters, kb + p.iters_per_split);
+    float acc[Cfg::kBN / 2];
+    int prev = -1;
+    for (int kit = kb; kit < ke; ++kit) {
+      mbarrier_wait_parity(full(stage), phase);
+      wgmma_fence();
+      const unsigned int a = stage_a(stage) + static_cast<unsigned int>(consumer * 64 * Cfg::kRowBytes);
+      const unsigned int b = stage_b(stage);
+#pragma unroll
+      for (int k = 0; k < Cfg::kSteps; ++k) {
+        const uint64_t da = make_smem_desc(a + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
+        const uint64_t db = make_smem_desc(b + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
+        wgmma_ss<T, Cfg::kBN>(acc, da, db, kit > kb || k > 0);
+      }
+      wgmma_commit_group();
+      // The previous stage's MMAs are complete once at most this group is in flight.
+      wgmma_wait_group<1>();
+      if (prev >= 0) mbarrier_arrive(empty(prev));
+      prev = stage;
+      if (++stage == Cfg::kStages) {
+        stage = 0;
+        phase ^= 1u;
+      }
+    }
+    wgmma_wait_group<0>();
+    if (prev >= 0) mbarrier_arrive(empty(prev));
+
+    // ---- epilogue ----
+    const int row0 = mt * Cfg::kBM + consumer * 64 + warp * 16 + lane / 4;
+    const int col_base = nt * Cfg::kBN + 2 * (lane % 4);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int m = row0 + 8 * half;
+      if (m >= p.M) continue;
+#pragma unroll
+      for (int i = 0; i < Cfg::kBN / 8; ++i) {
+        const int j = col_base + 8 * i;
+        const float v0 = acc[4 * i + 2 * half], v1 = acc[4 * i + 2 * half + 1];
+        if constexpr (kSplitK) {
+          float* dst = p.partial + (int64_t(split) * p.M + m) * p.K + int64_t(g) * p.Kg;
+          if (j < p.Kg) dst[j] = v0;
+          if (j + 1 < p.Kg) dst[j + 1] = v1;
+        } else {
+          const int64_t off = int64_t(m) * p.K + int64_t(g) * p.Kg + j;
+          const int64_t k = int64_t(g) * p.Kg + j;
+          if constexpr (sizeof(T) == 2) {
+            if (p.vec_store && j + 1 < p.Kg) {
+              p.epi.store2(p.out, off, k, v0, v1);
+              continue;
+            }
+          }
+          if (j < p.Kg) p.epi.store(p.out, off, k, v0);
+          if (j + 1 < p.Kg) p.epi.store(p.out, off + 1, k + 1, v1);
+        }
+      }
+    }
+  }
+#endif
+}
+
+// Split-K's second pass: y[m][k] = epilogue(Σ_split partial[split][m][k]) in split order.
+template <typename T>
+__global__ void __launch_bounds__(256) splitk_reduce_kernel(const float* __restrict__ partial, int splits,
+                                                            int64_t total, ConvEpilogue<T> epi, T* __restrict__ y,
+                                                            int64_t K) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    float v = 0.f;
+    for (int sp = 0; sp < splits; ++sp) v += partial[sp * total + e];
+    epi.store(y, e, e % K, v);
+  }
+}
+
+// bias (T) -> float, for the unfused fprop entry point.
+template <typename T>
+__global__ void __launch_bounds__(256) bias_to_float_kernel(const T* __restrict__ b, float* __restrict__ out, int64_t K) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x) {
+    out[k] = to_acc<T>(b[k]);
+  }
+}
+
+// w'[c][r][s][k] = w[k][R−1−r][S−1−s][c] per group (dgrad as an fprop): one thread per element of w'.
+template <typename T>
+__global__ void __launch_bounds__(256) flip_filter_kernel(const T* __restrict__ w, T* __restrict__ wf, int64_t K,
+                                                          int64_t R, int64_t S, int64_t Cg, int64_t groups) {
+  const int64_t Kg = K / groups, total = K * R * S * Cg;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    // e indexes w' as [groups·Cg][R][S][Kg]: output channel (of the dgrad conv) gc = g·Cg + c.
+    const int64_t kk = e % Kg, s = (e / Kg) % S, r = (e / (Kg * S)) % R, gc = e / (Kg * S * R);
+    const int64_t g = gc / Cg, c = gc % Cg;
+    wf[e] = w[((g * Kg + kk) * R + (R - 1 - r)) * S * Cg + (S - 1 - s) * Cg + c];
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------------------------
+
+template <typename T> CUtensorMapDataType tma_dtype();
+template <> CUtensorMapDataType tma_dtype<__half>() { return CU_TENSOR_MAP_DATA_TYPE_FLOAT16; }
+template <> CUtensorMapDataType tma_dtype<__nv_bfloat16>() { return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16; }
+// The tensor core reads the TF32 part of the FP32 bits: the copy keeps them as they are.
+template <> CUtensorMapDataType tma_dtype<float>() { return CU_TENSOR_MAP_DATA_TYPE_FLOAT32; }
+
+int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+bool aligned(const void* ptr, uintptr_t a) { return reinterpret_cast<uintptr_t>(ptr) % a == 0; }
+bool same_strides(const Strides4& a, const Strides4& b) { return a.n == b.n && a.c == b.c && a.h == b.h && a.w == b.w; }
+
+// The device the launch goes to: CC 9.0 exactly (sm_90a SASS), and its SM count.
+bool sm90_device(int* sms) {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  if (sms != nullptr && cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return false;
+  return major == 9 && minor == 0;
+}
+
+// The fprop geometry this path can run (dgrad passes its equivalent fprop).
+bool fprop_geometry_ok(const Conv2dShape& s, int elem_bytes) {
+  if (!s.valid() || s.N <= 0 || s.P <= 0 || s.Q <= 0) return false;
+  if (elem_bytes != 2 && elem_bytes != 4) return false;
+  const int64_t bk = 128 / elem_bytes;
+  if (s.x.c != 1 || !same_strides(s.w, channels_last_strides(s.Cg(), s.R, s.S)) ||
+      !same_strides(s.y, channels_last_strides(s.K, s.P, s.Q)))
+    return false;
+  if ((s.C * elem_bytes) % 16 != 0 || (s.Cg() * elem_bytes) % 16 != 0) return false;
+  if ((s.x.w * elem_bytes) % 16 != 0 || (s.x.h * elem_bytes) % 16 != 0 || (s.x.n * elem_bytes) % 16 != 0) return false;
+  if (s.groups > 1 && s.Cg() % bk != 0) return false;
+  // im2col corners: lower = −pad, upper = pad − (R−1)·dil; offsets r·dil < 256; traversal strides 1..8.
+  const int64_t corners[] = {-s.pad_h, -s.pad_w, s.pad_h - (s.R - 1) * s.dil_h, s.pad_w - (s.S - 1) * s.dil_w};
+  for (int64_t c : corners)
+    if (c < kIm2colCornerMin || c > kIm2colCornerMax) return false;
+  if ((s.R - 1) * s.dil_h > kIm2colOffsetMax || (s.S - 1) * s.dil_w > kIm2colOffsetMax) return false;
+  if (s.stride_h > 8 || s.stride_w > 8) return false;
+  const int64_t limits[] = {s.fprop_m(), s.K, s.C, s.H, s.W, s.N, s.R * s.S * ceil_div64(s.Cg(), bk) * 128};
+  for (int64_t v : limits)
+    if (v >= kSm90IndexLimit) return false;
+  return s.x.n * s.N < (int64_t(1) << 40);
+}
+
+struct Sm90Plan {
+  bool large;
+  int64_t m_tiles, n_tiles, splits, iters_per_split, k_iters;
+};
+
+// Which tile configuration: the launcher's rule below (kAuto), or one forced (the algorithms
+// implicit_gemm_sm90_{128x128, 64x64, splitk}, for the autotuner and for users).
+enum class Sm90Tile { kAuto, kLarge, kSmall, kSplitK };
+
+int64_t k_iters_of(const Conv2dShape& s, int elem_bytes) { return s.R * s.S * ceil_div64(s.Cg(), 128 / elem_bytes); }
+
+// The tile rule: 128 x 128 when Kg fills it and there are enough such tiles for every SM; else 64 x 64,
+// cut into K slices (split-K) when even those cannot fill the SMs and each slice keeps >= 8 k-iterations.
+Sm90Plan make_plan(const Conv2dShape& s, int elem_bytes, Sm90Tile tile) {
+  Sm90Plan plan{};
+  const int64_t M = s.fprop_m(), Kg = s.Kg();
+  plan.k_iters = k_iters_of(s, elem_bytes);
+  const int64_t large_tiles = ceil_div64(M, Sm90Large::kBM) * ceil_div64(Kg, Sm90Large::kBN) * s.groups;
+  plan.large = tile == Sm90Tile::kLarge ||
+               (tile == Sm90Tile::kAuto && Kg >= Sm90Large::kBN && large_tiles >= kSm90LargeMinTiles);
+  const int bm = plan.large ? Sm90Large::kBM : Sm90Small::kBM, bn = plan.large ? Sm90Large::kBN : Sm90Small::kBN;
+  plan.m_tiles = ceil_div64(M, bm);
+  plan.n_tiles = ceil_div64(Kg, bn);
+  plan.splits = 1;
+  const int64_t mn = plan.m_tiles * plan.n_tiles * s.groups;
+  if (tile == Sm90Tile::kSplitK || (tile == Sm90Tile::kAuto && !plan.large && mn < kSm90LargeMinTiles)) {
+    int64_t splits = ceil_div64(kSm90LargeMinTiles, mn);
+    splits = std::min<int64_t>(splits, std::max<int64_t>(1, plan.k_iters / kSplitKMinIters));
+    if (tile == Sm90Tile::kSplitK) splits = std::max<int64_t>(splits, 2);  // forced: at least two slices
+    plan.splits = std::min<int64_t>({splits, kSplitKMaxSplits, plan.k_iters});
+  }
+  plan.iters_per_split = ceil_div64(plan.k_iters, plan.splits);
+  plan.splits = ceil_div64(plan.k_iters, plan.iters_per_split);  // no empty slice
+  return plan;
+}
+
+size_t align_ws(size_t b) { return (b + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+size_t splitk_bytes(const Conv2dShape& s, const Sm90Plan& plan) {
+  return plan.splits > 1 ? align_ws(size_t(plan.splits) * size_t(s.fprop_m()) * size_t(s.K) * sizeof(float)) : 0;
+}
+size_t bias_bytes(const Conv2dShape& s) { return align_ws(size_t(s.K) * sizeof(float)); }
+
+// The dgrad problem as an fprop over dy: x' = dy [N, P, Q, K], w' [C, R, S, Kg], y' = dx [N, H, W, C].
+bool dgrad_as_fprop(const Conv2dShape& s, Conv2dShape* f) {
+  if (s.stride_h != 1 || s.stride_w != 1) return false;
+  const int64_t ph = s.dil_h * (s.R - 1) - s.pad_h, pw = s.dil_w * (s.S - 1) - s.pad_w;
+  if (ph < 0 || pw < 0) return false;
+  Conv2dShape d = make_conv2d_shape(s.N, s.K, s.P, s.Q, s.C, s.R, s.S, ph, pw, 1, 1, s.dil_h, s.dil_w, s.groups);
+  if (d.P != s.H || d.Q != s.W) return false;
+  d.x = channels_last_strides(s.K, s.P, s.Q);
+  d.w = channels_last_strides(s.Kg(), s.R, s.S);
+  d.y = channels_last_strides(s.C, s.H, s.W);
+  if (!same_strides(s.y, d.x) || !same_strides(s.x, d.y)) return false;  // dy and dx dense NHWC
+  *f = d;
+  return true;
+}
+
+template <typename Cfg, typename T, bool kSplitK>
+cudaError_t launch_cfg(const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p, int sms,
+                       cudaStream_t stream) {
+  const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int per_sm = std::max(1, (227 * 1024) / Cfg::kSmemBytes);
+  const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(p.tiles, int64_t(sms) * per_sm));
+  FC_LAUNCH(dim3(grid), Cfg::kThreads, Cfg::kSmemBytes, stream, kernel)(tx, tw, p);
+  return launch_status();
+}
+
+// y = epilogue(conv(x, w)) for a geometry fprop_geometry_ok accepted; ws: split-K partials.
+template <typename T>
+cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
+                      void* ws, size_t ws_bytes, cudaStream_t stream) {
+  int sms = 0;
+  if (!sm90_device(&sms) || !fprop_geometry_ok(s, sizeof(T)) || x == nullptr || w == nullptr || y == nullptr ||
+      !aligned(x, 16) || !aligned(w, 16))
+    return cudaErrorInvalidValue;
+  Sm90Plan plan = make_plan(s, sizeof(T), tile);
+  if (plan.splits > 1 && (ws == nullptr || ws_bytes < splitk_bytes(s, plan) || !aligned(ws, 16))) {
+    // The rule's split-K only when the caller's workspace holds the partials (else the plain tiles,
+    // still correct); a forced split-K without them is the caller's error.
+    if (tile != Sm90Tile::kAuto) return cudaErrorInvalidValue;
+    plan = make_plan(s, sizeof(T), Sm90Tile::kSmall);
+  }
+  const int bm = plan.large ? Sm90Large::kBM : Sm90Small::kBM, bn = plan.large ? Sm90Large::kBN : Sm90Small::kBN;
+  constexpr uint32_t kBK = 128 / sizeof(T);
+
+  CUtensorMap tx, tw;
+  {
+    const uint64_t dims[4] = {uint64_t(s.C), uint64_t(s.W), uint64_t(s.H), uint64_t(s.N)};
+    const uint64_t strides[3] = {uint64_t(s.x.w) * sizeof(T), uint64_t(s.x.h) * sizeof(T), uint64_t(s.x.n) * sizeof(T)};
+    const int lower[2] = {int(-s.pad_w), int(-s.pad_h)};
+    const int upper[2] = {int(s.pad_w - (s.S - 1) * s.dil_w), int(s.pad_h - (s.R - 1) * s.dil_h)};
+    const uint32_t estr[4] = {1, uint32_t(s.stride_w), uint32_t(s.stride_h), 1};
+    cudaError_t err = encode_tensor_map_im2col(&tx, tma_dtype<T>(), 4, x, dims, strides, lower, upper, kBK,
+                                               uint32_t(bm), estr, CU_TENSOR_MAP_SWIZZLE_128B);
+    if (err != cudaSuccess) return err;
+  }
+  {
+    const uint64_t dims[3] = {uint64_t(s.Cg()), uint64_t(s.R * s.S), uint64_t(s.K)};
+    const uint64_t strides[2] = {uint64_t(s.w.w) * sizeof(T), uint64_t(s.w.n) * sizeof(T)};
+    const uint32_t box[3] = {kBK, 1, uint32_t(bn)};
+    const uint32_t estr[3] = {1, 1, 1};
+    cudaError_t err =
+        encode_tensor_map_tiled(&tw, tma_dtype<T>(), 3, w, dims, strides, box, estr, CU_TENSOR_MAP_SWIZZLE_128B);
+    if (err != cudaSuccess) return err;
+  }
+
+  Sm90Params<T> p{};
+  p.out = y;
+  p.partial = plan.splits > 1 ? static_cast<float*>(ws) : nullptr;
+  p.epi = epi;
+  p.M = int(s.fprop_m());
+  p.Kg = int(s.Kg());
+  p.K = int(s.K);
+  p.Cg = int(s.Cg());
+  p.PQ = int(s.P * s.Q);
+  p.Q = int(s.Q);
+  p.S = int(s.S);
+  p.pad_h = int(s.pad_h);
+  p.pad_w = int(s.pad_w);
+  p.stride_h = int(s.stride_h);
+  p.stride_w = int(s.stride_w);
+  p.dil_h = int(s.dil_h);
+  p.dil_w = int(s.dil_w);
+  p.chunks = int(ceil_div64(s.Cg(), kBK));
+  p.k_iters = int(plan.k_iters);
+  p.m_tiles = int(plan.m_tiles);
+  p.n_tiles = int(plan.n_tiles);
+  p.groups = int(s.groups);
+  p.splits = int(plan.splits);
+  p.iters_per_split = int(plan.iters_per_split);
+  const int64_t tiles = plan.m_tiles * plan.n_tiles * s.groups * plan.splits;
+  if (tiles >= kSm90IndexLimit) return cudaErrorInvalidValue;
+  p.tiles = int(tiles);
+  p.vec_store = s.K % 2 == 0 && s.Kg() % 2 == 0 && aligned(y, 4) && (epi.residual == nullptr || aligned(epi.residual, 4));
+
+  if (plan.splits > 1) {
+    cudaError_t err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
+    if (err != cudaSuccess) return err;
+    const int64_t total = s.fprop_m() * s.K;
+    FC_LAUNCH(grid_for(total, 256), 256, 0, stream, splitk_reduce_kernel<T>)(p.partial, p.splits, total, epi, y, s.K);
+    return launch_status();
+  }
+  return plan.large ? launch_cfg<Sm90Large, T, false>(tx, tw, p, sms, stream)
+                    : launch_cfg<Sm90Small, T, false>(tx, tw, p, sms, stream);
+}
+
+bool can_implement_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int elem_bytes) {
+  if (!sm90_device(nullptr)) return false;
+  Conv2dShape f = s;
+  switch (dir) {
+    case ConvDir::kFprop: break;
+    case ConvDir::kDgrad:
+      if (!dgrad_as_fprop(s, &f)) return false;
+      break;
+    case ConvDir::kWgrad: return false;
+  }
+  if (!fprop_geometry_ok(f, elem_bytes)) return false;
+  return tile != Sm90Tile::kSplitK || k_iters_of(f, elem_bytes) >= 2;  // split-K needs two k-iterations
+}
+
+// fprop: the bias as float + split-K partials; dgrad: the flipped filter + the split-K partials of its
+// fprop. The rule's (kAuto) partials are optional: counted only when they fit workspace_limit.
+size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t workspace_limit) {
+  if (elem_bytes != 2 && elem_bytes != 4) return 0;
+  Conv2dShape f = s;
+  size_t fixed = 0;
+  if (dir == ConvDir::kFprop) {
+    if (!fprop_geometry_ok(s, elem_bytes)) return 0;
+    fixed = bias_bytes(s);
+  } else if (dir == ConvDir::kDgrad) {
+    if (!dgrad_as_fprop(s, &f) || !fprop_geometry_ok(f, elem_bytes)) return 0;
+    fixed = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * size_t(elem_bytes));
+  } else {
+    return 0;
+  }
+  const size_t split = splitk_bytes(f, make_plan(f, elem_bytes, tile));
+  if (tile == Sm90Tile::kAuto && fixed + split > workspace_limit) return fixed;
+  return fixed + split;
+}
+
+template <typename T>
+cudaError_t fprop_fused_tile(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const float* scale,
+                             const float* bias, const T* residual, bool relu, T* y, void* ws, size_t ws_bytes,
+                             cudaStream_t stream) {
+  ConvEpilogue<T> epi;
+  epi.scale = scale;
+  epi.bias = bias;
+  epi.residual = residual;
+  epi.relu = relu;
+  return run_fprop<T>(tile, s, x, w, epi, y, ws, ws_bytes, stream);
+}
+
+template <typename T>
+cudaError_t fprop_tile(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, void* ws,
+                       size_t ws_bytes, cudaStream_t stream) {
+  ConvEpilogue<T> epi;
+  if (bias != nullptr) {
+    if (ws == nullptr || ws_bytes < bias_bytes(s)) return cudaErrorInvalidValue;
+    float* bias_acc = static_cast<float*>(ws);
+    FC_LAUNCH(grid_for(s.K, 256, 64), 256, 0, stream, bias_to_float_kernel<T>)(bias, bias_acc, s.K);
+    const cudaError_t err = launch_status();
+    if (err != cudaSuccess) return err;
+    epi.bias = bias_acc;
+  }
+  // The split-K partials follow the bias slot (which is reserved whether or not there is a bias).
+  const bool rest = ws != nullptr && ws_bytes > bias_bytes(s);
+  return run_fprop<T>(tile, s, x, w, epi, y, rest ? static_cast<unsigned char*>(ws) + bias_bytes(s) : nullptr,
+                      rest ? ws_bytes - bias_bytes(s) : 0, stream);
+}
+
+template <typename T>
+cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T* w, T* dx, void* ws, size_t ws_bytes,
+                       cudaStream_t stream) {
+  Conv2dShape f;
+  if (!dgrad_as_fprop(s, &f) || dy == nullptr || w == nullptr || dx == nullptr) return cudaErrorInvalidValue;
+  const size_t flip = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * sizeof(T));
+  if (ws == nullptr || ws_bytes < flip || !aligned(ws, 16)) return cudaErrorInvalidValue;
+  T* wf = static_cast<T*>(ws);
+  const int64_t total = s.K * s.R * s.S * s.Cg();
+  FC_LAUNCH(grid_for(total, 256), 256, 0, stream, flip_filter_kernel<T>)(w, wf, s.K, s.R, s.S, s.Cg(), s.groups);
+  cudaError_t err = launch_status();
+  if (err != cudaSuccess) return err;
+  unsigned char* rest = ws_bytes > flip ? static_cast<unsigned char*>(ws) + flip : nullptr;
+  return run_fprop<T>(tile, f, dy, wf, ConvEpilogue<T>{}, dx, rest, ws_bytes > flip ? ws_bytes - flip : 0, stream);
+}
+
+}  // namespace
+
+// The four algorithms of this file: the rule's tiles, and each configuration forced.
+#define FASTCONV_SM90_ALGO(algo, tile)                                                                               \
+  bool conv2d_##algo##_can_implement(const Conv2dShape& s, ConvDir dir, int elem_bytes) {                            \
+    return can_implement_tile(tile, s, dir, elem_bytes);                                                             \
+  }                                                                                                                  \
+  size_t conv2d_##algo##_workspace_bytes(const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t limit) {          \
+    return workspace_bytes_tile(tile, s, dir, elem_bytes, limit);                                                    \
+  }                                                                                                                  \
+  template <typename T>                                                                                              \
+  cudaError_t conv2d_##algo##_fprop(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, void* ws,     \
+                                    size_t ws_bytes, cudaStream_t stream) {                                          \
+    return fprop_tile<T>(tile, s, x, w, bias, y, ws, ws_bytes, stream);                                              \
+  }                                                                                                                  \
+  template <typename T>                                                                                              \
+  cudaError_t conv2d_##algo##_dgrad(const Conv2dShape& s, const T* dy, const T* w, T* dx, void* ws, size_t ws_bytes, \
+                                    cudaStream_t stream) {                                                           \
+    return dgrad_tile<T>(tile, s, dy, w, dx, ws, ws_bytes, stream);                                                  \
+  }                                                                                                                  \
+  template <typename T>                                                                                              \
+  cudaError_t conv2d_##algo##_wgrad(const Conv2dShape&, const T*, const T*, T*, void*, size_t, cudaStream_t) {       \
+    return cudaErrorInvalidValue; /* not on this path: can_implement refuses it */                                   \
+  }                                                                                                                  \
+  template cudaError_t conv2d_##algo##_fprop<__half>(const Conv2dShape&, const __half*, const __half*, const __half*, \
+                                                     __half*, void*, size_t, cudaStream_t);                          \
+  template cudaError_t conv2d_##algo##_fprop<__nv_bfloat16>(const Conv2dShape&, const __nv_bfloat16*,               \
+                                                            const __nv_bfloat16*, const __nv_bfloat16*,             \
+                                                            __nv_bfloat16*, void*, size_t, cudaStream_t);           \
+  template cudaError_t conv2d_##algo##_fprop<float>(const Conv2dShape&, const float*, const float*, const float*,    \
+                                                    float*, void*, size_t, cudaStream_t);                            \
+  template cudaError_t conv2d_##algo##_dgrad<__half>(const Conv2dShape&, const __half*, const __half*, __half*,      \
+                                                     void*, size_t, cudaStream_t);                                   \
+  template cudaError_t conv2d_##algo##_dgrad<__nv_bfloat16>(const Conv2dShape&, const __nv_bfloat16*,               \
+                                                            const __nv_bfloat16*, __nv_bfloat16*, void*, size_t,    \
+                                                            cudaStream_t);                                           \
+  template cudaError_t conv2d_##algo##_dgrad<float>(const Conv2dShape&, const float*, const float*, float*, void*,   \
+                                                    size_t, cudaStream_t);                                           \
+  template cudaError_t conv2d_##algo##_wgrad<__half>(const Conv2dShape&, const __half*, const __half*, __half*,      \
+                                                     void*, size_t, cudaStream_t);                                   \
+  template cudaError_t conv2d_##algo##_wgrad<__nv_bfloat16>(const Conv2dShape&, const __nv_bfloat16*,               \
+                                                            const __nv_bfloat16*, __nv_bfloat16*, void*, size_t,    \
+                                                            cudaStream_t);                                           \
+  template cudaError_t conv2d_##algo##_wgrad<float>(const Conv2dShape&, const float*, const float*, float*, void*,   \
+                                                    size_t, cudaStream_t);
+FASTCONV_SM90_ALGO(implicit_gemm_sm90, Sm90Tile::kAuto)
+FASTCONV_SM90_ALGO(implicit_gemm_sm90_128x128, Sm90Tile::kLarge)
+FASTCONV_SM90_ALGO(implicit_gemm_sm90_64x64, Sm90Tile::kSmall)
+FASTCONV_SM90_ALGO(implicit_gemm_sm90_splitk, Sm90Tile::kSplitK)
+#undef FASTCONV_SM90_ALGO
+
+template <typename T>
+cudaError_t conv2d_implicit_gemm_sm90_fprop_fused(const Conv2dShape& s, const T* x, const T* w, const float* scale,
+                                                  const float* bias, const T* residual, bool relu, T* y, void* ws,
+                                                  size_t ws_bytes, cudaStream_t stream) {
+  return fprop_fused_tile<T>(Sm90Tile::kAuto, s, x, w, scale, bias, residual, relu, y, ws, ws_bytes, stream);
+}
+template cudaError_t conv2d_implicit_gemm_sm90_fprop_fused<__half>(const Conv2dShape&, const __half*, const __half*,
+                                                                   const float*, const float*, const __half*, bool,
+                                                                   __half*, void*, size_t, cudaStream_t);
+template cudaError_t conv2d_implicit_gemm_sm90_fprop_fused<__nv_bfloat16>(const Conv2dShape&, const __nv_bfloat16*,
+                                                                          const __nv_bfloat16*, const float*,
+                                                                          const float*, const __nv_bfloat16*, bool,
+                                                                          __nv_bfloat16*, void*, size_t, cudaStream_t);
+template cudaError_t conv2d_implicit_gemm_sm90_fprop_fused<float>(const Conv2dShape&, const float*, const float*,
+                                                                  const float*, const float*, const float*, bool,
+                                                                  float*, void*, size_t, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace fastconv
