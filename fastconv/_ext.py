@@ -76,7 +76,7 @@ def emu_available() -> bool:
 
 
 def emu_arch() -> int:
-    """The emulated device's compute capability as 80 or 90 (FASTCONV_EMU_ARCH, fastconv.emulator.set_arch)."""
+    """The emulated device's compute capability as 80 or 90 (FASTCONV_EMU_ARCH, fastconv._ext._C_emu.set_arch)."""
     return int(_C_emu.arch()) if _C_emu is not None else 0
 
 
@@ -103,6 +103,13 @@ def set_workspace_limit(limit_bytes: int) -> None:
     for m in binding_modules():
         if hasattr(m, "set_workspace_limit"):
             m.set_workspace_limit(int(limit_bytes))
+
+
+def set_allow_tf32(allow: bool) -> None:
+    """Whether float32 convolutions may run on TF32 tensor cores, in every binding (workspace.h)."""
+    for m in binding_modules():
+        if hasattr(m, "set_allow_tf32"):
+            m.set_allow_tf32(bool(allow))
 
 
 def cpu_conv_query(algo: str, direction: int, in_size, w_size, geom, groups: int, elem_bytes: int,

@@ -110,6 +110,21 @@ def _dtype_rule(allowed) -> Rule:
     return rule
 
 
+def _tf32_dtype_rule() -> Rule:
+    """float16/bfloat16, and float32 while fastconv.backends.allow_tf32 lets it run on TF32 tensor cores."""
+    def rule(p: ConvProblem) -> Optional[str]:
+        if p.dtype in (torch.float16, torch.bfloat16):
+            return None
+        if p.dtype == torch.float32:
+            if _tf32_allowed():
+                return None
+            return ("float32 runs on TF32 tensor cores here, which is off "
+                    "(set fastconv.backends.allow_tf32 = True to allow it)")
+        return _dtype_rule((torch.float16, torch.bfloat16, torch.float32))(p)
+
+    return rule
+
+
 def _one_by_one(p: ConvProblem) -> Optional[str]:
     if p.R != 1 or p.S != 1:
         return f"needs a 1x1 kernel, got {p.R}x{p.S}"
@@ -147,13 +162,21 @@ def kernel_query(algo: str, p: ConvProblem, direction: int = 0, workspace_limit:
                         bool(p.channels_last), int(workspace_limit))
 
 
-# The answer depends on nothing but its arguments: repeated questions are answered from memory.
+def _tf32_allowed() -> bool:
+    from fastconv import backends
+
+    return bool(backends.allow_tf32)
+
+
+# The answer depends on nothing but its arguments and the extension's TF32 setting (which the binding
+# reads itself; it is part of the key): repeated questions are answered from memory.
 def _ask_binding(device_type: str, emulated: bool, algo: str, direction: int, *flat):
-    return _ask_binding_cached(device_type, emulated, algo, direction, flat)
+    return _ask_binding_cached(device_type, emulated, algo, direction, flat, _tf32_allowed())
 
 
 @functools.lru_cache(maxsize=8192)
-def _ask_binding_cached(device_type: str, emulated: bool, algo: str, direction: int, flat: tuple):
+def _ask_binding_cached(device_type: str, emulated: bool, algo: str, direction: int, flat: tuple,
+                        tf32: bool = False):
     sizes, geom, (groups, elem, channels_last, limit) = flat[:8], flat[8:14], flat[14:]
     args = (algo, direction, sizes[:4], sizes[4:], geom, groups, elem, channels_last, limit)
     if device_type == "cpu":
@@ -201,6 +224,9 @@ def _kernel_workspace(algo: str) -> Callable[[ConvProblem], int]:
     return workspace
 
 
+# The Hopper engine's forced tile configurations (csrc/cuda/conv2d_igemm_sm90.cu).
+_SM90_TILES = ("128x128", "64x64", "splitk")
+
 # device type -> algorithm -> rule (only what was built appears for CUDA).
 _RULES: Dict[str, Dict[str, Rule]] = {
     "cpu": {
@@ -214,16 +240,27 @@ _RULES: Dict[str, Dict[str, Rule]] = {
         "im2col": _all(_dtype_rule(_CUDA_DTYPES), _kernel_rule("im2col")),
         "gemm1x1": _all(_dtype_rule(_CUDA_DTYPES), _kernel_rule("gemm1x1")),
         # Tensor-core implicit GEMM (csrc/cuda/conv2d_igemm_tc.cu): fprop, dgrad and wgrad.
-        "implicit_gemm": _all(_dtype_rule((torch.float16, torch.bfloat16)), _kernel_rule("implicit_gemm")),
+        "implicit_gemm": _all(_tf32_dtype_rule(), _kernel_rule("implicit_gemm")),
+        # The Hopper engine (csrc/cuda/conv2d_igemm_sm90.cu: wgmma + TMA, sm_90a only): fprop and stride-1
+        # dgrad; never chosen by "auto" until it has run on a GPU (its backward runs on implicit_gemm).
+        "implicit_gemm_sm90": _all(_tf32_dtype_rule(), _kernel_rule("implicit_gemm_sm90")),
+        # The same engine with one tile configuration forced (the kernel's rule chooses among these for
+        # "implicit_gemm_sm90"); separate algorithms so that the autotuner and explain() see each.
+        **{f"implicit_gemm_sm90_{t}": _all(_tf32_dtype_rule(), _kernel_rule(f"implicit_gemm_sm90_{t}"))
+           for t in _SM90_TILES},
     },
 }
 
 # Algorithms with no dgrad/wgrad kernels yet: their backward runs on the named algorithm instead.
-_BACKWARD_FALLBACK: Dict[str, Dict[str, str]] = {"cuda": {}}
+_BACKWARD_FALLBACK: Dict[str, Dict[str, str]] = {
+    "cuda": {"implicit_gemm_sm90": "implicit_gemm", **{f"implicit_gemm_sm90_{t}": "implicit_gemm" for t in _SM90_TILES}}}
 
 
 def backward_algo(algo: str, device_type: str) -> str:
-    """The algorithm that computes dgrad/wgrad for a forward run with `algo`."""
+    """The algorithm that computes dgrad/wgrad for a forward run with `algo` (device_type: a tensor's
+    device type; the emulated CUDA device's is that of CUDA)."""
+    if device_type == _ext.EMU_DEVICE:
+        device_type = "cuda"
     return _BACKWARD_FALLBACK.get(device_type, {}).get(algo, algo)
 
 
@@ -308,6 +345,9 @@ _TRAITS: Dict[str, Dict[str, AlgoTraits]] = {
         "im2col": AlgoTraits(workspace_bytes=_kernel_workspace("im2col")),
         "gemm1x1": AlgoTraits(workspace_bytes=_kernel_workspace("gemm1x1")),
         "implicit_gemm": AlgoTraits(workspace_bytes=_kernel_workspace("implicit_gemm")),
+        "implicit_gemm_sm90": AlgoTraits(workspace_bytes=_kernel_workspace("implicit_gemm_sm90")),
+        **{f"implicit_gemm_sm90_{t}": AlgoTraits(workspace_bytes=_kernel_workspace(f"implicit_gemm_sm90_{t}"))
+           for t in _SM90_TILES},
     },
 }
 

@@ -61,7 +61,7 @@ def _conv_backward(ctx, gy):
 def _dgrad_setup(ctx, inputs, output):
     gy, w, input_size, stride, padding, dilation, groups, algo = inputs
     ctx.save_for_backward(gy if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
-    ctx.params = (stride, padding, dilation, groups, algo)
+    ctx.params = (stride, padding, dilation, groups, backward_algo(algo, gy.device.type))
 
 
 def _dgrad_backward(ctx, g):
@@ -79,7 +79,7 @@ def _dgrad_backward(ctx, g):
 def _wgrad_setup(ctx, inputs, output):
     gy, x, weight_size, stride, padding, dilation, groups, algo = inputs
     ctx.save_for_backward(gy if ctx.needs_input_grad[1] else None, x if ctx.needs_input_grad[0] else None)
-    ctx.params = (stride, padding, dilation, groups, algo)
+    ctx.params = (stride, padding, dilation, groups, backward_algo(algo, gy.device.type))
     ctx.x_shape = x.shape
 
 

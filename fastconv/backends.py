@@ -15,11 +15,16 @@ Every setting starts from an environment variable, read once when fastconv is im
     cache_dir            FASTCONV_CACHE_DIR             ~/.cache/fastconv  (XDG_CACHE_HOME respected)
     workspace_limit_mb   FASTCONV_WORKSPACE_LIMIT_MB    256    (algorithms whose smallest scratch
                                                                 buffer exceeds it are not chosen)
+    allow_tf32           FASTCONV_ALLOW_TF32=1          False  (float32 convolutions may run on TF32
+                                                                tensor cores: algorithms 'implicit_gemm'
+                                                                and 'implicit_gemm_sm90'; unlike
+                                                                torch.backends.cudnn.allow_tf32, off by
+                                                                default, so float32 means float32)
     tune_warmup          FASTCONV_TUNE_WARMUP           1      (untimed runs per candidate)
     tune_iters           FASTCONV_TUNE_ITERS            3      (timed runs; the median is kept)
 
 The settings are plain values held by this module: the algorithm chooser in fastconv.algorithms
-reads them on every call. workspace_limit_mb is also a setting of the compiled extension itself
+reads them on every call. workspace_limit_mb and allow_tf32 are also settings of the compiled extension itself
 (csrc/torch/workspace.h: the bindings size scratch memory under it, and an algorithm that cannot run
 within it refuses with NotImplementedError); setting it here sets it there, so the chooser and the
 kernels agree. The environment variable is read once, at import.
@@ -73,6 +78,12 @@ def _push_workspace_limit(mb: int) -> None:
     _ext.set_workspace_limit(int(mb) << 20)
 
 
+def _push_allow_tf32(v: bool) -> None:
+    from fastconv import _ext
+
+    _ext.set_allow_tf32(bool(v))
+
+
 def _check_bool(name: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"fastconv.backends.{name} must be a bool, got {type(v).__name__}")
@@ -124,6 +135,15 @@ class _BackendsModule(types.ModuleType):
         _push_workspace_limit(v)
 
     @property
+    def allow_tf32(self) -> bool:
+        return self.__dict__["_allow_tf32"]
+
+    @allow_tf32.setter
+    def allow_tf32(self, v: bool) -> None:
+        self.__dict__["_allow_tf32"] = _check_bool("allow_tf32", v)
+        _push_allow_tf32(v)
+
+    @property
     def tune_warmup(self) -> int:
         return self.__dict__["_tune_warmup"]
 
@@ -140,7 +160,7 @@ class _BackendsModule(types.ModuleType):
         self.__dict__["_tune_iters"] = _check_count("tune_iters", v, 1)
 
 
-_NAMES = ("autotune", "cache", "cache_dir", "workspace_limit_mb", "tune_warmup", "tune_iters")
+_NAMES = ("autotune", "cache", "cache_dir", "workspace_limit_mb", "allow_tf32", "tune_warmup", "tune_iters")
 
 
 def settings() -> Dict[str, Any]:
@@ -173,6 +193,8 @@ def _init(mod: _BackendsModule) -> None:
     d["_cache_dir"] = _default_cache_dir()
     d["_workspace_limit_mb"] = _env_int("FASTCONV_WORKSPACE_LIMIT_MB", _DEFAULT_WORKSPACE_LIMIT_MB)
     _push_workspace_limit(d["_workspace_limit_mb"])
+    d["_allow_tf32"] = _env_bool("FASTCONV_ALLOW_TF32", False)
+    _push_allow_tf32(d["_allow_tf32"])
     d["_tune_warmup"] = _env_int("FASTCONV_TUNE_WARMUP", 1)
     d["_tune_iters"] = max(1, _env_int("FASTCONV_TUNE_ITERS", 3))
 

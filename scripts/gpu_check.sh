@@ -8,7 +8,8 @@
 #      minute, even if the extension build fails;
 #   2. the extension, built for this GPU's arch only (FASTCONV_CUDA=1, no emulated device);
 #   3. the `cuda` tests (the rest of the suite is CPU-only and runs in CI);
-#   4. compute-sanitizer memcheck/racecheck on tiny cases;  5. the quick benchmark.
+#   4. compute-sanitizer memcheck/racecheck on tiny cases;  5. the quick benchmark (on an sm_90 GPU instead:
+#      the Hopper engine vs implicit_gemm vs cuDNN on every ResNet-50 layer, fprop, bf16, batch 256).
 # Every step runs under `timeout` (its own cap, and never past the overall budget) and the script
 # carries on after a failure; it exits non-zero at the end if any step failed or ran out of time.
 # Outputs (8 files, one folder level) go to $OUT if set, else ./gpu_results/:
@@ -160,7 +161,15 @@ if "$PYTHON" -m fastconv --help 2>/dev/null | grep -qw bench; then
   # bench writes results.json, report.md and bench.log; no PNGs, and its console output goes to
   # pytest.log, so the whole run stays within the 8 files the device tool brings back.
   mkdir -p "$RES/bench"
-  run_step bench 45 "$RES/pytest.log" "$PYTHON" -m fastconv bench --quick --no-plots --out "$RES/bench"
+  if [ "$TORCH_CUDA_ARCH_LIST" = "9.0a" ]; then
+    # An H100/H200: the Hopper engine's per-layer comparison with cuDNN (issue 16): every ResNet-50
+    # layer, fprop, bf16 NHWC, batch 256, the sm_80 and sm_90 tensor-core paths beside cuDNN.
+    run_step bench 60 "$RES/pytest.log" "$PYTHON" -m fastconv bench --model resnet50 --batch 256 --dtype bf16 \
+      --layout nhwc --passes fprop --algos implicit_gemm,implicit_gemm_sm90 --rounds 5 --max-time 0.5 \
+      --no-plots --no-progress --out "$RES/bench"
+  else
+    run_step bench 45 "$RES/pytest.log" "$PYTHON" -m fastconv bench --quick --no-plots --out "$RES/bench"
+  fi
 else
   STEP_STATUS[bench]="skipped(no 'python -m fastconv bench')"
   echo "gpu_check: 'python -m fastconv bench' not available, benchmark skipped"

@@ -4,7 +4,8 @@ table (tests/helpers.py: float64 to 1e-9; lower precisions within 2x torch's own
 precision plus a small atol). Shapes are small so that the emulator, which runs every CUDA thread
 as a fiber, takes seconds; the GPU-sized cases live in test_cuda_ops.py.
 
-Covered: every algorithm of each device (direct, im2col, gemm1x1, implicit_gemm), every dtype it
+Covered: every algorithm of each device (direct, im2col, gemm1x1, implicit_gemm, implicit_gemm_sm90
+where it can implement the case), every dtype it
 supports, both layouts, fprop/dgrad/wgrad, groups, stride, dilation, padding, odd channel counts
 (C = 3, K = 7), im2col under a workspace limit that forces fewer tasks; max/avg/adaptive pooling;
 batch norm (train and eval, with ReLU); the fused conv epilogue; torch.library.opcheck.
@@ -51,6 +52,10 @@ CONV_CASES = [
 ]
 
 
+_TENSOR_CORE_ALGOS = ("implicit_gemm", "implicit_gemm_sm90", "implicit_gemm_sm90_128x128", "implicit_gemm_sm90_64x64",
+                      "implicit_gemm_sm90_splitk")
+
+
 def _conv_algos(device):
     return [a for a in fastconv.available_algorithms(device) if a != "auto"]
 
@@ -59,7 +64,9 @@ def _algo_dtype_cases(device):
     out = []
     for algo in ["auto"] + _conv_algos(device):
         for dt in _dtypes(device):
-            if algo == "implicit_gemm" and dt not in (torch.float16, torch.bfloat16):
+            # The tensor-core algorithms: float32 would be TF32 (off by default; test_sm90_engine.py
+            # checks it with TF32's own tolerance).
+            if algo in _TENSOR_CORE_ALGOS and dt not in (torch.float16, torch.bfloat16):
                 continue
             if device != "cpu" and dt == torch.float64 and algo not in ("auto", "direct"):
                 continue
@@ -74,7 +81,7 @@ def test_conv2d_every_algorithm(device, case, layout):
     for algo, dt in _algo_dtype_cases(device):
         if algo == "gemm1x1" and (ws[2:] != (1, 1) or padding != 0):
             continue
-        if algo == "implicit_gemm":
+        if algo in _TENSOR_CORE_ALGOS:
             why = fastconv.algorithms.why_not(algo, fastconv.algorithms.ConvProblem(
                 *xs, ws[0], ws[2], ws[3], (stride,) * 2, (padding,) * 2 if isinstance(padding, int) else padding,
                 (dilation,) * 2, groups, dt, "cuda", layout == "nhwc", None, device != "cuda"))
@@ -154,10 +161,13 @@ def test_fused_conv_epilogue(device, layout):
         if algo == "gemm1x1":
             continue
         for dt in _dtypes(device, double=False):
-            if algo == "implicit_gemm" and dt == torch.float32:
+            if algo in _TENSOR_CORE_ALGOS and dt == torch.float32:
                 continue
             if algo == "im2col" and dt == torch.float64:
                 continue
+            if algo in _TENSOR_CORE_ALGOS and fastconv.algorithms.why_not(algo, fastconv.algorithms.ConvProblem(
+                    2, 4, 6, 6, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1, dt, "cuda", True, None, device != "cuda")):
+                continue  # C = 4 is below the Hopper engine's 16-byte channel rows (test_sm90_engine.py)
             judge_against_torch(
                 lambda x, w, sc, bi, res, algo=algo: conv2d_bias_act(x, w, sc, bi, res, padding=1, relu=True,
                                                                      algo=algo),

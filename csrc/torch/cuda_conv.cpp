@@ -48,6 +48,8 @@ struct ConvAlgo {
   // Runs on channels_last operands only: every direction computes in channels_last whatever the
   // caller's format and converts its output back.
   bool nhwc_only;
+  // Its float32 kernels run on TF32 tensor cores: float32 only while TF32 is allowed (workspace.h).
+  bool float_is_tf32;
   bool has_double() const { return f64.fprop != nullptr; }
 };
 
@@ -68,7 +70,13 @@ std::string describe(const Conv2dShape& s) {
 std::string generic_why_not(const Conv2dShape& s) { return "its can_implement rejected " + describe(s); }
 
 std::string implicit_gemm_why_not(const Conv2dShape& s) {
-  return "it implements float16 and bfloat16 only (no float32/TF32 yet), with every size below 2^30; got " +
+  return "it needs NHWC operands with every size below 2^30; got " + describe(s);
+}
+
+std::string implicit_gemm_sm90_why_not(const Conv2dShape& s) {
+  return "it needs a compute capability 9.0 device (sm_90a: H100/H200), NHWC operands with C and C/groups "
+         "multiples of 16 bytes (C/groups a multiple of 128 bytes when groups > 1), padding, dilation and "
+         "stride within TMA's im2col limits, and for dgrad stride 1 (it has no wgrad); got " +
          describe(s);
 }
 
@@ -89,17 +97,36 @@ const ConvAlgo* find_conv_algo(c10::string_view name) {
   static const ConvAlgo kAlgos[] = {
       {"direct", &cuda::conv2d_direct_can_implement, &cuda::conv2d_direct_workspace_bytes, &generic_why_not,
        FASTCONV_CONV_FNS(direct, float), FASTCONV_CONV_FNS(direct, __half),
-       FASTCONV_CONV_FNS(direct, __nv_bfloat16), FASTCONV_CONV_FNS(direct, double), false},
+       FASTCONV_CONV_FNS(direct, __nv_bfloat16), FASTCONV_CONV_FNS(direct, double), false, false},
       {"im2col", &cuda::conv2d_im2col_can_implement, &cuda::conv2d_im2col_workspace_bytes, &generic_why_not,
        FASTCONV_CONV_FNS(im2col, float), FASTCONV_CONV_FNS(im2col, __half),
-       FASTCONV_CONV_FNS(im2col, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), false},
+       FASTCONV_CONV_FNS(im2col, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), false, false},
       {"gemm1x1", &cuda::conv2d_gemm1x1_can_implement, &cuda::conv2d_gemm1x1_workspace_bytes, &gemm1x1_why_not,
        FASTCONV_CONV_FNS(gemm1x1, float), FASTCONV_CONV_FNS(gemm1x1, __half),
-       FASTCONV_CONV_FNS(gemm1x1, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), false},
-      // Tensor cores: half and bf16 only (can_implement rejects float before its null table is used).
+       FASTCONV_CONV_FNS(gemm1x1, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), false, false},
+      // Tensor cores: half and bf16 on mma.sync m16n8k16, float on TF32 (m16n8k8), only while TF32 is allowed.
       {"implicit_gemm", &cuda::conv2d_implicit_gemm_can_implement, &cuda::conv2d_implicit_gemm_workspace_bytes,
-       &implicit_gemm_why_not, FASTCONV_NO_CONV_FNS(float), FASTCONV_CONV_FNS(implicit_gemm, __half),
-       FASTCONV_CONV_FNS(implicit_gemm, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true},
+       &implicit_gemm_why_not, FASTCONV_CONV_FNS(implicit_gemm, float), FASTCONV_CONV_FNS(implicit_gemm, __half),
+       FASTCONV_CONV_FNS(implicit_gemm, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+      // The Hopper engine (wgmma + TMA): sm_90a only, float32 as TF32; no wgrad kernels (its table entry
+      // is never called: can_implement refuses wgrad).
+      {"implicit_gemm_sm90", &cuda::conv2d_implicit_gemm_sm90_can_implement,
+       &cuda::conv2d_implicit_gemm_sm90_workspace_bytes, &implicit_gemm_sm90_why_not,
+       FASTCONV_CONV_FNS(implicit_gemm_sm90, float), FASTCONV_CONV_FNS(implicit_gemm_sm90, __half),
+       FASTCONV_CONV_FNS(implicit_gemm_sm90, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+      // The same engine with one tile configuration forced (the kernel's rule picks among them above).
+      {"implicit_gemm_sm90_128x128", &cuda::conv2d_implicit_gemm_sm90_128x128_can_implement,
+       &cuda::conv2d_implicit_gemm_sm90_128x128_workspace_bytes, &implicit_gemm_sm90_why_not,
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, __half),
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+      {"implicit_gemm_sm90_64x64", &cuda::conv2d_implicit_gemm_sm90_64x64_can_implement,
+       &cuda::conv2d_implicit_gemm_sm90_64x64_workspace_bytes, &implicit_gemm_sm90_why_not,
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, __half),
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+      {"implicit_gemm_sm90_splitk", &cuda::conv2d_implicit_gemm_sm90_splitk_can_implement,
+       &cuda::conv2d_implicit_gemm_sm90_splitk_workspace_bytes, &implicit_gemm_sm90_why_not,
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_splitk, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_splitk, __half),
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_splitk, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
   };
   for (const auto& a : kAlgos) {
     if (name == a.name) return &a;
@@ -113,7 +140,8 @@ const ConvAlgo* find_conv_algo(c10::string_view name) {
 const ConvAlgo& lookup_conv_algo(c10::string_view name, const char* op) {
   const ConvAlgo* a = find_conv_algo(name);
   TORCH_CHECK_VALUE(a != nullptr, "fastconv.", op, ": unknown CUDA conv algo '", std::string(name),
-                    "' (expected one of 'direct', 'im2col', 'gemm1x1', 'implicit_gemm')");
+                    "' (expected one of 'direct', 'im2col', 'gemm1x1', 'implicit_gemm', 'implicit_gemm_sm90', "
+                    "'implicit_gemm_sm90_128x128', 'implicit_gemm_sm90_64x64', 'implicit_gemm_sm90_splitk')");
   return *a;
 }
 
@@ -131,6 +159,9 @@ const char* dir_name(ConvDir dir) {
 at::Tensor conv_workspace(const ConvAlgo& a, const Conv2dShape& s, ConvDir dir, const at::Tensor& like,
                           const char* op) {
   const int elem = static_cast<int>(like.element_size());
+  TORCH_CHECK_NOT_IMPLEMENTED(!(elem == 4 && a.float_is_tf32 && !allow_tf32_setting().load()), "fastconv.", op,
+                              ": CUDA algo '", a.name, "' runs float32 on TF32 tensor cores, which is off; set "
+                              "fastconv.backends.allow_tf32 = True to allow it (float32 means float32 by default)");
   TORCH_CHECK_NOT_IMPLEMENTED(a.can_implement(s, dir, elem), "fastconv.", op, ": CUDA algo '", a.name,
                               "' cannot implement this ", dir_name(dir), ": ", a.why_not(s));
   const size_t limit = workspace_limit_bytes();
@@ -290,6 +321,8 @@ ConvQuery cuda_conv_query(const std::string& algo, int dir, const std::array<int
   set_conv_strides(s, channels_last || a->nhwc_only ? c10::MemoryFormat::ChannelsLast
                                                      : c10::MemoryFormat::Contiguous);
   const cuda::ConvDir d = static_cast<cuda::ConvDir>(dir);
+  if (elem_bytes == 4 && a->float_is_tf32 && !allow_tf32_setting().load())
+    return {false, "its float32 kernels are TF32, which is off (fastconv.backends.allow_tf32)", 0};
   if (!a->can_implement(s, d, elem_bytes)) return {false, a->why_not(s), 0};
   const size_t limit = static_cast<size_t>(std::max<int64_t>(workspace_limit, 0));
   const size_t bytes = a->workspace_bytes(s, d, elem_bytes, limit);

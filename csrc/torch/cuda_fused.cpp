@@ -2,7 +2,8 @@
 //
 // conv2d_fused:  y = relu?( conv2d(x, w) · scale[k] + bias[k] + residual )
 //
-// algo "implicit_gemm": one tensor-core kernel with the epilogue fused (conv2d_igemm_tc.cu). Host
+// algo "implicit_gemm" / "implicit_gemm_sm90": one tensor-core kernel with the epilogue fused
+//   (conv2d_igemm_tc.cu / conv2d_igemm_sm90.cu; float32 on TF32, only while TF32 is allowed). Host
 //   order: checks -> CUDAGuard -> current stream -> channels_last operands (the kernel's layout; the
 //   output is converted back to conv_output_format at the end) -> empty early return ->
 //   can_implement -> launch -> cudaError_t check.
@@ -31,6 +32,7 @@
 #include "cuda_common.h"
 #include "fused_checks.h"
 #include "op_calls.h"
+#include "workspace.h"
 
 namespace fastconv {
 namespace {
@@ -76,7 +78,8 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   check_channel_param(scale, "scale", weight.size(0), kOp);
   check_channel_param(bias, "bias", weight.size(0), kOp);
 
-  if (algo != "implicit_gemm") {
+  const bool sm90 = algo == "implicit_gemm_sm90";
+  if (algo != "implicit_gemm" && !sm90) {
     at::Tensor y = call_conv2d(input, weight, stride, padding, dilation, groups, algo);
     check_residual(residual, y, kOp);
     if (y.numel() == 0) return y;
@@ -86,7 +89,14 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   }
 
   Conv2dShape s = prepare_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, kOp);
-  check_dtype_in(input, {at::kHalf, at::kBFloat16}, kOp, "CUDA algo 'implicit_gemm'");
+  const char* algo_name = sm90 ? "implicit_gemm_sm90" : "implicit_gemm";
+  if (input.scalar_type() == at::kFloat) {
+    TORCH_CHECK_NOT_IMPLEMENTED(allow_tf32_setting().load(), "fastconv.", kOp, ": CUDA algo '", algo_name,
+                                "' runs float32 on TF32 tensor cores, which is off; set "
+                                "fastconv.backends.allow_tf32 = True to allow it");
+  } else {
+    check_dtype_in(input, {at::kHalf, at::kBFloat16}, kOp, sm90 ? "CUDA algo 'implicit_gemm_sm90'" : "CUDA algo 'implicit_gemm'");
+  }
   const at::ScalarType st = input.scalar_type();
 
   CudaDeviceGuard guard(input.device());
@@ -110,28 +120,41 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   s.x = channels_last_strides(s.C, s.H, s.W);
   s.w = channels_last_strides(s.Cg(), s.R, s.S);
   s.y = channels_last_strides(s.K, s.P, s.Q);
-  TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_can_implement(s, cuda::ConvDir::kFprop, 2), "fastconv.", kOp,
-                              ": CUDA algo 'implicit_gemm' cannot implement this convolution (every size must be "
-                              "below 2^30): input ", input.sizes(), ", weight ", weight.sizes());
+  const int elem = static_cast<int>(input.element_size());
+  if (sm90) {
+    TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_sm90_can_implement(s, cuda::ConvDir::kFprop, elem),
+                                "fastconv.", kOp,
+                                ": CUDA algo 'implicit_gemm_sm90' cannot implement this convolution (it needs a "
+                                "compute capability 9.0 device, C and C/groups multiples of 16 bytes and TMA's "
+                                "im2col limits): input ", input.sizes(), ", weight ", weight.sizes());
+  } else {
+    TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_can_implement(s, cuda::ConvDir::kFprop, elem), "fastconv.",
+                                kOp, ": CUDA algo 'implicit_gemm' cannot implement this convolution (every size must "
+                                "be below 2^30): input ", input.sizes(), ", weight ", weight.sizes());
+  }
   const at::Tensor sc = is_defined(scale) ? scale->to(at::kFloat).contiguous() : at::Tensor();
   const at::Tensor bi = is_defined(bias) ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* scp = sc.defined() ? sc.const_data_ptr<float>() : nullptr;
   const float* bip = bi.defined() ? bi.const_data_ptr<float>() : nullptr;
 
   cudaError_t err = cudaSuccess;
+  auto run = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* xp = reinterpret_cast<const T*>(x.const_data_ptr());
+    const T* wp = reinterpret_cast<const T*>(w.const_data_ptr());
+    const T* rp = res.defined() ? reinterpret_cast<const T*>(res.const_data_ptr()) : nullptr;
+    T* yp = reinterpret_cast<T*>(y.data_ptr());
+    err = sm90 ? cuda::conv2d_implicit_gemm_sm90_fprop_fused<T>(s, xp, wp, scp, bip, rp, relu, yp, nullptr, 0, stream)
+               : cuda::conv2d_implicit_gemm_fprop_fused<T>(s, xp, wp, scp, bip, rp, relu, yp, nullptr, 0, stream);
+  };
   if (st == at::kHalf) {
-    err = cuda::conv2d_implicit_gemm_fprop_fused<__half>(
-        s, reinterpret_cast<const __half*>(x.const_data_ptr()), reinterpret_cast<const __half*>(w.const_data_ptr()),
-        scp, bip, res.defined() ? reinterpret_cast<const __half*>(res.const_data_ptr()) : nullptr, relu,
-        reinterpret_cast<__half*>(y.data_ptr()), nullptr, 0, stream);
+    run(Tag<__half>{});
+  } else if (st == at::kBFloat16) {
+    run(Tag<__nv_bfloat16>{});
   } else {
-    err = cuda::conv2d_implicit_gemm_fprop_fused<__nv_bfloat16>(
-        s, reinterpret_cast<const __nv_bfloat16*>(x.const_data_ptr()),
-        reinterpret_cast<const __nv_bfloat16*>(w.const_data_ptr()), scp, bip,
-        res.defined() ? reinterpret_cast<const __nv_bfloat16*>(res.const_data_ptr()) : nullptr, relu,
-        reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), nullptr, 0, stream);
+    run(Tag<float>{});
   }
-  check_cuda(err, kOp, "implicit_gemm");
+  check_cuda(err, kOp, algo_name);
   return y.contiguous(fmt);
 }
 

@@ -20,4 +20,12 @@ inline std::atomic<int64_t>& workspace_limit_setting() {
 
 inline size_t workspace_limit_bytes() { return static_cast<size_t>(workspace_limit_setting().load()); }
 
+// Whether float32 may run on TF32 tensor cores (fastconv.backends.allow_tf32, default false, so that
+// float32 means float32 unless the user opts in). Algorithms whose float32 kernels are TF32 refuse
+// float32 with NotImplementedError while it is false.
+inline std::atomic<bool>& allow_tf32_setting() {
+  static std::atomic<bool> allow{false};
+  return allow;
+}
+
 }  // namespace fastconv

@@ -23,10 +23,22 @@ inline PyObject* py_workspace_limit(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(workspace_limit_setting().load()));
 }
 
+inline PyObject* py_set_allow_tf32(PyObject*, PyObject* arg) {
+  const int v = PyObject_IsTrue(arg);
+  if (v < 0) return nullptr;
+  allow_tf32_setting().store(v != 0);
+  Py_RETURN_NONE;
+}
+
+inline PyObject* py_allow_tf32(PyObject*, PyObject*) { return PyBool_FromLong(allow_tf32_setting().load() ? 1 : 0); }
+
 }  // namespace fastconv
 
 #define FASTCONV_WORKSPACE_METHODS                                                                     \
   {"set_workspace_limit", ::fastconv::py_set_workspace_limit, METH_O,                                  \
    "set_workspace_limit(bytes): the most scratch memory one fastconv op may allocate"},                \
   {"workspace_limit", ::fastconv::py_workspace_limit, METH_NOARGS,                                     \
-   "workspace_limit() -> bytes: the current limit (default 256 MiB)"}
+   "workspace_limit() -> bytes: the current limit (default 256 MiB)"},                                 \
+  {"set_allow_tf32", ::fastconv::py_set_allow_tf32, METH_O,                                            \
+   "set_allow_tf32(flag): whether float32 convolutions may run on TF32 tensor cores"},                 \
+  {"allow_tf32", ::fastconv::py_allow_tf32, METH_NOARGS, "allow_tf32() -> bool (default False)"}

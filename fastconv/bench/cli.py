@@ -78,12 +78,15 @@ def add_parsers(sub) -> None:
     b.add_argument("--device", default="auto", help="auto (the GPU when present), cpu, cuda or cuda:N")
     b.add_argument("--quick", action="store_true", help="a few layers, small batch, short timing (< 1 min on 2 cores)")
     b.add_argument("--out", default=None, help="output folder (default bench-results)")
-    b.add_argument("--algos", type=_list(("all", "auto", "direct", "im2col", "gemm1x1", "igemm_tc")), default=None,
+    b.add_argument("--algos", type=_list(("all", "auto", "direct", "im2col", "gemm1x1", "implicit_gemm",
+                                                 "implicit_gemm_sm90", "implicit_gemm_sm90_128x128",
+                                                 "implicit_gemm_sm90_64x64", "implicit_gemm_sm90_splitk")), default=None,
                    help="fastconv algorithms for convs: all (default), auto, or names (comma-separated)")
     b.add_argument("--passes", type=_list(cases.CONV_PASSES + ("bprop",)), default=None,
                    help="fprop,dgrad,wgrad (default all; pools and BN map dgrad/wgrad to bprop)")
     b.add_argument("--tf32", action="store_true",
-                   help="allow TF32 for fp32 on the GPU (off by default so both sides compute in true fp32)")
+                   help="allow TF32 for fp32 on the GPU, for cuDNN and fastconv alike (fastconv.backends."
+                        "allow_tf32; off by default so both sides compute in true fp32)")
     b.add_argument("--no-compile", action="store_true", help="model modes: skip the torch.compile variant")
     b.add_argument("--bytes", default=None, choices=model_names(), metavar="MODEL",
                    help="time nothing: print the predicted device-memory bytes and H200 roofline time of one "
@@ -185,8 +188,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"fastconv bench: {s.mode} {s.model} on {env['device']} ({s.device}), batch "
               f"{','.join(map(str, s.batches))}, {s.dtype} {s.layout}{' (quick)' if s.quick else ''}", file=out)
         roofs = envmod.roofs(s.device, env, cases.DTYPES[s.dtype])
+        from fastconv import backends as fc_backends
+
         try:
-            recs = (runner.run_layers if s.mode == "layers" else runner.run_models)(s, progress=not args.no_progress)
+            # fastconv's TF32 switch follows --tf32 for the run (cuDNN's above), then is restored.
+            with fc_backends.flags(allow_tf32=bool(s.tf32) and s.device.type == "cuda"):
+                recs = (runner.run_layers if s.mode == "layers" else runner.run_models)(s,
+                                                                                        progress=not args.no_progress)
         except runner.BenchError as e:
             return _fail("bench", str(e))
         if roofs["source"].startswith("measured"):

@@ -1,0 +1,218 @@
+"""The Hopper engine (algo "implicit_gemm_sm90": warp-specialised wgmma + TMA, csrc/cuda/conv2d_igemm_sm90.cu)
+on the emulated sm_90 device (or an H100/H200 when present), against torch on the CPU.
+
+Every layer class of ResNet-50 and GoogLeNet at a small batch (1x1 reduce/expand, 3x3, 3x3 stride 2,
+1x1 stride 2 downsample, 5x5, 7x7 maps, Inception's odd channel counts as multiples of 8), odd sizes,
+padding/dilation, groups, the split-K configuration (batch 1, 7x7); float16 and bfloat16 (judged by the
+tolerance table of tests/helpers.py: within 2x torch's own error at that precision), float32 on TF32
+(only with fastconv.backends.allow_tf32; judged against float64 with TF32's error bound); fprop, the
+fused epilogue, stride-1 dgrad, and training through autograd (backward on implicit_gemm). Refusals:
+C = 3, float32 without TF32, an sm_80 device, wgrad; "auto" never picks the engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _devices import CUDA_DEVICE, EMULATED
+from helpers import judge_against_torch
+
+import fastconv
+import fastconv.functional as FF
+from fastconv import algorithms, backends
+from fastconv.fused import conv2d_bias_act
+
+ALGO = "implicit_gemm_sm90"
+ops = torch.ops.fastconv
+
+
+def _sm90_device() -> bool:
+    if CUDA_DEVICE is None:
+        return False
+    if EMULATED:
+        return fastconv._ext.emu_arch() == 90
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.emulated,
+    pytest.mark.skipif(not _sm90_device(), reason="needs an sm_90 device (a GPU or the emulated sm_90 device)"),
+]
+
+# (name, input [N, C, H, W], weight [K, C/groups, R, S], stride, padding, dilation, groups)
+CASES = [
+    ("r50_1x1_reduce", (2, 64, 7, 7), (32, 64, 1, 1), 1, 0, 1, 1),
+    ("r50_1x1_expand", (1, 32, 8, 8), (128, 32, 1, 1), 1, 0, 1, 1),
+    ("r50_3x3", (2, 32, 7, 7), (32, 32, 3, 3), 1, 1, 1, 1),
+    ("r50_3x3_s2", (1, 32, 9, 9), (48, 32, 3, 3), 2, 1, 1, 1),
+    ("r50_downsample_1x1_s2", (2, 64, 8, 8), (64, 64, 1, 1), 2, 0, 1, 1),
+    ("inception_5x5", (1, 16, 9, 9), (24, 16, 5, 5), 1, 2, 1, 1),
+    ("inception_odd_k40", (1, 24, 7, 7), (40, 24, 3, 3), 1, 1, 1, 1),
+    ("dilation2", (1, 16, 9, 9), (16, 16, 3, 3), 1, 2, 2, 1),
+    ("groups2_128B", (1, 128, 5, 5), (32, 64, 3, 3), 1, 1, 1, 2),
+    ("splitk_late_layer", (1, 256, 4, 4), (32, 256, 3, 3), 1, 1, 1, 1),
+]
+
+
+def _inputs(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fprop_and_training_match_torch(case, dtype):
+    _, xs, ws, stride, padding, dilation, groups = case
+    x, w, b = _inputs([xs, ws, (ws[0],)], seed=len(case[0]))
+    # Forward on the engine, backward (autograd) on implicit_gemm: output and both gradients judged.
+    judge_against_torch(
+        lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups, algo=ALGO),
+        lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
+        [_cl(x), _cl(w), b], dtype, CUDA_DEVICE, what=f"{ALGO} {case[0]} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_epilogue(dtype):
+    x, w, sc, bi, res = _inputs([(2, 32, 6, 6), (48, 32, 3, 3), (48,), (48,), (2, 48, 6, 6)], seed=5)
+    judge_against_torch(
+        lambda x, w, sc, bi, res: conv2d_bias_act(x, w, sc, bi, res, padding=1, relu=True, algo=ALGO),
+        lambda x, w, sc, bi, res: torch.relu(F.conv2d(x, w, None, 1, 1) * sc.view(1, -1, 1, 1)
+                                             + bi.view(1, -1, 1, 1) + res),
+        [_cl(x), _cl(w), sc, bi, _cl(res)], dtype, CUDA_DEVICE, what=f"{ALGO} fused {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7]], ids=["3x3", "odd_k40", "dilation2"])
+def test_stride1_dgrad_op(case, dtype):
+    _, xs, ws, stride, padding, dilation, groups = case
+    x, w = _inputs([xs, ws], seed=11)
+    y = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    dy = torch.randn_like(y)
+
+    def ours(dy, w):
+        return ops.conv2d_dgrad(dy, w, list(xs), [stride] * 2, [padding] * 2, [dilation] * 2, groups, ALGO)
+
+    def ref(dy, w):
+        return torch.nn.grad.conv2d_input(list(xs), w, dy, stride, padding, dilation, groups)
+
+    judge_against_torch(ours, ref, [_cl(dy), _cl(w)], dtype, CUDA_DEVICE, what=f"dgrad {case[0]} {dtype}")
+
+
+def _tf32_bound(x, w, stride, padding, dilation, groups):
+    # Each operand truncated to TF32 (10 mantissa bits) is within 2^-10 of itself, so every product is
+    # within ~2^-9 relative; FP32 accumulation adds < K·2^-24 relative of Σ|a·b|: 2^-8·Σ|a·b| bounds both.
+    return F.conv2d(x.abs(), w.abs(), None, stride, padding, dilation, groups) * 2.0 ** -8 + 1e-6
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_tf32_float32(case):
+    _, xs, ws, stride, padding, dilation, groups = case
+    x, w = _inputs([xs, ws], seed=3)
+    ref = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    with backends.flags(allow_tf32=True):
+        out = FF.conv2d(_cl(x.float()).to(CUDA_DEVICE), _cl(w.float()).to(CUDA_DEVICE), None, stride, padding,
+                        dilation, groups, algo=ALGO).cpu().double()
+    err = (out - ref).abs()
+    bound = _tf32_bound(x, w, stride, padding, dilation, groups)
+    assert bool((err <= bound).all()), f"TF32 error {float((err / bound).max()):.3g} x its bound in {case[0]}"
+    # TF32 really ran: farther from float64 than an FP32 product sum would be (inputs have full mantissas).
+    fp32_err = (F.conv2d(x.float(), w.float(), None, stride, padding, dilation, groups).double() - ref).abs().max()
+    assert float(err.max()) > 4 * float(fp32_err), (float(err.max()), float(fp32_err))
+
+
+def test_float32_needs_tf32():
+    x, w = _inputs([(1, 16, 6, 6), (16, 16, 3, 3)])
+    xd, wd = _cl(x.float()).to(CUDA_DEVICE), _cl(w.float()).to(CUDA_DEVICE)
+    assert backends.allow_tf32 is False  # the default: float32 means float32
+    with pytest.raises(NotImplementedError, match="allow_tf32"):
+        FF.conv2d(xd, wd, None, 1, 1, algo=ALGO)
+    p = algorithms.ConvProblem(1, 16, 6, 6, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1, torch.float32, "cuda", True, None,
+                               EMULATED)
+    assert "allow_tf32" in algorithms.why_not(ALGO, p)
+    with backends.flags(allow_tf32=True):
+        assert algorithms.why_not(ALGO, p) is None
+        assert fastconv._ext.cuda_binding(EMULATED).allow_tf32() is True
+    assert fastconv._ext.cuda_binding(EMULATED).allow_tf32() is False
+
+
+def test_refusals_name_the_reason():
+    # C = 3 (the ResNet stem): a 6-byte pixel is not a TMA stride.
+    x, w = _inputs([(1, 3, 8, 8), (16, 3, 3, 3)])
+    with pytest.raises(NotImplementedError, match="16 bytes"):
+        FF.conv2d(_cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE), None, 1, 1, algo=ALGO)
+    # wgrad is not on this path; stride-2 dgrad is not either.
+    x, w = _inputs([(1, 16, 8, 8), (16, 16, 3, 3)])
+    xd, wd = _cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE)
+    y = ops.conv2d(xd, wd, None, [2, 2], [1, 1], [1, 1], 1, ALGO)
+    with pytest.raises(NotImplementedError, match=ALGO):
+        ops.conv2d_wgrad(y, xd, list(w.shape), [2, 2], [1, 1], [1, 1], 1, ALGO)
+    with pytest.raises(NotImplementedError, match="stride 1"):
+        ops.conv2d_dgrad(y, wd, list(x.shape), [2, 2], [1, 1], [1, 1], 1, ALGO)
+
+
+@pytest.mark.skipif(not EMULATED, reason="switches the emulated device's architecture")
+def test_not_offered_on_sm80():
+    x, w = _inputs([(1, 16, 6, 6), (16, 16, 3, 3)])
+    xd, wd = _cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE)
+    fastconv._ext._C_emu.set_arch(80)
+    try:
+        algorithms._ask_binding_cached.cache_clear()
+        with pytest.raises(NotImplementedError, match="compute capability 9.0"):
+            FF.conv2d(xd, wd, None, 1, 1, algo=ALGO)
+    finally:
+        fastconv._ext._C_emu.set_arch(90)
+        algorithms._ask_binding_cached.cache_clear()
+
+
+def test_auto_never_picks_the_unmeasured_engine():
+    for dtype in (torch.float16, torch.bfloat16):
+        for R, pad in ((1, 0), (3, 1)):
+            p = algorithms.ConvProblem(32, 256, 56, 56, 256, R, R, (1, 1), (pad, pad), (1, 1), 1, dtype, "cuda", True,
+                                       None, EMULATED)
+            assert algorithms.can_implement(ALGO, p)
+            assert not algorithms.heuristic(p).startswith("implicit_gemm_sm90")
+
+
+VARIANTS = ["implicit_gemm_sm90_128x128", "implicit_gemm_sm90_64x64", "implicit_gemm_sm90_splitk"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[9]], ids=["3x3", "odd_k40", "splitk_late_layer"])
+def test_forced_tile_configurations(case, variant):
+    # Each configuration on shapes the tile rule would not give it (tails, few tiles, long K).
+    _, xs, ws, stride, padding, dilation, groups = case
+    x, w, b = _inputs([xs, ws, (ws[0],)], seed=17)
+    assert variant in fastconv.available_algorithms(CUDA_DEVICE)
+    judge_against_torch(
+        lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups, algo=variant),
+        lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
+        [_cl(x), _cl(w), b], torch.float16, CUDA_DEVICE, what=f"{variant} {case[0]}")
+
+
+def test_forced_splitk_needs_its_workspace():
+    # 1 x 4 x 4 pixels, K = 32, 3x3 over 256 channels: one 64x64 tile, 36 k-iterations -> 4 slices of FP32
+    # partials (8 KiB); the bias slot is 256 B. Under a 4 KiB limit the forced split-K refuses, naming its
+    # bytes, while the rule's split-K is optional: it runs unsplit, and still right.
+    x, w = _inputs([(1, 256, 4, 4), (32, 256, 3, 3)])
+    xd, wd = _cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE)
+    p = algorithms.ConvProblem(1, 256, 4, 4, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1, torch.float16, "cuda", True, None,
+                               EMULATED)
+    split_bytes = algorithms.kernel_query("implicit_gemm_sm90_splitk", p, 0, 0)[2]
+    plain_bytes = algorithms.kernel_query("implicit_gemm_sm90_64x64", p, 0, 0)[2]
+    assert split_bytes >= plain_bytes + 4 * 16 * 32 * 4, (split_bytes, plain_bytes)
+    old = fastconv._ext.cuda_binding(EMULATED).workspace_limit()
+    fastconv._ext.set_workspace_limit(4096)
+    try:
+        with pytest.raises(NotImplementedError, match="workspace"):
+            FF.conv2d(xd, wd, None, 1, 1, algo="implicit_gemm_sm90_splitk")
+        out = FF.conv2d(xd, wd, None, 1, 1, algo=ALGO).cpu().double()
+    finally:
+        fastconv._ext.set_workspace_limit(old)
+    ref = F.conv2d(x.half().double(), w.half().double(), None, 1, 1)
+    assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max())
