@@ -6,8 +6,10 @@ Every layer class of ResNet-50 and GoogLeNet at a small batch (1x1 reduce/expand
 padding/dilation, groups, the split-K configuration (batch 1, 7x7); float16 and bfloat16 (judged by the
 tolerance table of tests/helpers.py: within 2x torch's own error at that precision), float32 on TF32
 (only with fastconv.backends.allow_tf32; judged against float64 with TF32's error bound); fprop, the
-fused epilogue, stride-1 dgrad, and training through autograd (backward on implicit_gemm). Refusals:
-C = 3, float32 without TF32, an sm_80 device, wgrad; "auto" never picks the engine.
+fused epilogue, dgrad (stride 1 on the flipped filter, strided by residue classes), and training
+through autograd (backward on implicit_gemm). Refusals:
+C = 3, float32 without TF32, an sm_80 device, wgrad, strided dgrad with dilation; "auto" never picks
+the engine.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ def test_fused_epilogue(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7]], ids=["3x3", "odd_k40", "dilation2"])
-def test_stride1_dgrad_op(case, dtype):
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7], CASES[3], CASES[4]],
+                         ids=["3x3", "odd_k40", "dilation2", "3x3_s2_classes", "1x1_s2_empty_classes"])
+def test_dgrad_op(case, dtype):
     _, xs, ws, stride, padding, dilation, groups = case
     x, w = _inputs([xs, ws], seed=11)
     y = F.conv2d(x, w, None, stride, padding, dilation, groups)
@@ -152,8 +155,10 @@ def test_refusals_name_the_reason():
     y = ops.conv2d(xd, wd, None, [2, 2], [1, 1], [1, 1], 1, ALGO)
     with pytest.raises(NotImplementedError, match=ALGO):
         ops.conv2d_wgrad(y, xd, list(w.shape), [2, 2], [1, 1], [1, 1], 1, ALGO)
-    with pytest.raises(NotImplementedError, match="stride 1"):
-        ops.conv2d_dgrad(y, wd, list(x.shape), [2, 2], [1, 1], [1, 1], 1, ALGO)
+    # A strided dgrad runs by residue classes, but only with dilation 1.
+    y2 = ops.conv2d(xd, wd, None, [2, 2], [2, 2], [2, 2], 1, ALGO)
+    with pytest.raises(NotImplementedError, match="dilation 1"):
+        ops.conv2d_dgrad(y2, wd, list(x.shape), [2, 2], [2, 2], [2, 2], 1, ALGO)
 
 
 @pytest.mark.skipif(not EMULATED, reason="switches the emulated device's architecture")

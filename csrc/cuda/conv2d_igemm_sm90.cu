@@ -34,14 +34,18 @@
 //   FP32 partials to the workspace ([split][M][K]), and splitk_reduce_kernel adds them in split order
 //   (deterministic) and applies the epilogue once.
 // dgrad (stride 1 only): dx = fprop(dy, w') with w'[c][r][s][k] = w[k][R−1−r][S−1−s][c] written to the
-// workspace by flip_filter_kernel, padding dh·(R−1) − ph (must be >= 0): the same kernel and tiles, so
-// no stride² wasted MMAs (stride > 1 is refused). wgrad is not implemented on this path.
+// workspace by flip_filter_kernel, padding dh·(R−1) − ph (must be >= 0): the same kernel and tiles.
+// dgrad (stride > 1, dilation 1): by residue classes (dgrad_classes): each of the sh·sw classes of dx
+// pixels is a stride-1 fprop of dy with its own flipped sub-filter (class_filter_kernel), asymmetric
+// window corners, and output rows remapped into dx (Sm90Params::o_*); no zero taps, so none of the
+// predicated gather's stride² wasted MMAs. wgrad is not implemented on this path.
 //
 // can_implement: a CC 9.0 device (the sm_90a code runs nowhere else), NHWC x (channel stride 1, pixel
 // strides multiples of 16 bytes), dense KRSC w, dense NPQK y, C·elem and Cg·elem multiples of 16 bytes
 // (TMA strides), groups == 1 or Cg a multiple of BK (a channel chunk must not reach the next group),
 // 16-byte aligned x and w, TMA im2col limits (corners and offsets, below), every index below 2^31.
 #include <algorithm>
+#include <vector>
 
 #include "common.cuh"
 #include "epilogue.cuh"
@@ -112,6 +116,10 @@ struct Sm90Params {
   int m_tiles, n_tiles, groups, splits, iters_per_split;
   int tiles;          // m_tiles · n_tiles · groups · splits
   bool vec_store;     // paired 32-bit stores are aligned
+  // Output row of GEMM row m = (n, p, q): out + n·o_n + p·o_p + q·o_q + o_base (dense NPQK: P·Q·K, Q·K,
+  // K, 0); rows with p >= Pv or q >= Qv are not stored (strided dgrad's residue classes, below).
+  int64_t o_n, o_p, o_q, o_base;
+  int Pv, Qv;
 };
 
 template <typename Cfg>
@@ -231,6 +239,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int half = 0; half < 2; ++half) {
       const int m = row0 + 8 * half;
       if (m >= p.M) continue;
+      const int m_n = m / p.PQ, m_p = (m % p.PQ) / p.Q, m_q = m % p.Q;
+      if (!kSplitK && (m_p >= p.Pv || m_q >= p.Qv)) continue;
+      const int64_t row_off = int64_t(m_n) * p.o_n + int64_t(m_p) * p.o_p + int64_t(m_q) * p.o_q + p.o_base;
 #pragma unroll
       for (int i = 0; i < Cfg::kBN / 8; ++i) {
         const int j = col_base + 8 * i;
@@ -240,7 +251,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           if (j < p.Kg) dst[j] = v0;
           if (j + 1 < p.Kg) dst[j + 1] = v1;
         } else {
-          const int64_t off = int64_t(m) * p.K + int64_t(g) * p.Kg + j;
+          const int64_t off = row_off + int64_t(g) * p.Kg + j;
           const int64_t k = int64_t(g) * p.Kg + j;
           if constexpr (sizeof(T) == 2) {
             if (p.vec_store && j + 1 < p.Kg) {
@@ -287,6 +298,22 @@ __global__ void __launch_bounds__(256) flip_filter_kernel(const T* __restrict__ 
     const int64_t kk = e % Kg, s = (e / Kg) % S, r = (e / (Kg * S)) % R, gc = e / (Kg * S * R);
     const int64_t g = gc / Cg, c = gc % Cg;
     wf[e] = w[((g * Kg + kk) * R + (R - 1 - r)) * S * Cg + (S - 1 - s) * Cg + c];
+  }
+}
+
+// Strided dgrad, residue class (rh, rw): wc[c][t][u][k] = w[k][r0h + sh·(Rt−1−t)][r0w + sw·(St−1−u)][c] per
+// group, the taps whose contributions land on dx rows ≡ rh (mod sh) and columns ≡ rw (mod sw), flipped.
+template <typename T>
+__global__ void __launch_bounds__(256) class_filter_kernel(const T* __restrict__ w, T* __restrict__ wc, int64_t K,
+                                                           int64_t R, int64_t S, int64_t Cg, int64_t groups,
+                                                           int64_t r0h, int64_t r0w, int64_t sh, int64_t sw,
+                                                           int64_t Rt, int64_t St) {
+  const int64_t Kg = K / groups, total = K * Rt * St * Cg;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t kk = e % Kg, u = (e / Kg) % St, t = (e / (Kg * St)) % Rt, gc = e / (Kg * St * Rt);
+    const int64_t g = gc / Cg, c = gc % Cg;
+    const int64_t r = r0h + sh * (Rt - 1 - t), q = r0w + sw * (St - 1 - u);
+    wc[e] = w[((g * Kg + kk) * R + r) * S * Cg + q * Cg + c];
   }
 }
 
@@ -393,6 +420,76 @@ bool dgrad_as_fprop(const Conv2dShape& s, Conv2dShape* f) {
   return true;
 }
 
+// A residue class of a strided dgrad as this kernel's problem (see dgrad_classes): the window's upper
+// corners (asymmetric padding) and where its output rows go in dx.
+struct Sm90Remap {
+  int upper_h, upper_w;
+  int64_t o_n, o_p, o_q, o_base;
+};
+
+// Strided dgrad by residue classes: dx rows h ≡ rh (mod sh) and columns w ≡ rw (mod sw) receive only the
+// taps r ≡ rh + ph (mod sh), s ≡ rw + pw (mod sw) (dilation 1), so each class is a stride-1 conv of dy with
+// that sub-filter flipped — no zero taps, none of the predicated gather's stride² wasted MMAs. Class
+// (rh, rw): r0 = (rh + ph) % sh, Rt = ceil((R − r0) / sh) taps (0: the class's dx is 0), c = (rh + ph −
+// r0) / sh; output row i (dx row rh + sh·i) reads dy rows i + c − Rt + 1 + t', t' < Rt, i.e. window
+// corners from lower = c − Rt + 1 to Hc − P + lower, Hc = ceil((H − rh) / sh) rows; likewise for columns.
+struct DgradClass {
+  int64_t rh, rw, r0h, r0w, Rt, St, Hc, Wc, lower_h, lower_w;
+  Conv2dShape f;  // the class as an fprop over dy (P = Hc, Q = Wc, pad = −lower; the upper corners apart)
+  Sm90Remap rm;
+};
+
+bool dgrad_classes(const Conv2dShape& s, int elem_bytes, std::vector<DgradClass>* out) {
+  if (s.stride_h == 1 && s.stride_w == 1) return false;  // the flipped-filter path
+  if (s.dil_h != 1 || s.dil_w != 1 || s.stride_h > 8 || s.stride_w > 8) return false;
+  if (!s.valid() || s.N <= 0 || s.P <= 0 || s.Q <= 0 || (elem_bytes != 2 && elem_bytes != 4)) return false;
+  if (!same_strides(s.y, channels_last_strides(s.K, s.P, s.Q)) || !same_strides(s.x, channels_last_strides(s.C, s.H, s.W)) ||
+      !same_strides(s.w, channels_last_strides(s.Cg(), s.R, s.S)))
+    return false;
+  const int64_t bk = 128 / elem_bytes;
+  if ((s.K * elem_bytes) % 16 != 0 || (s.Kg() * elem_bytes) % 16 != 0) return false;  // dy is the TMA input
+  if (s.groups > 1 && s.Kg() % bk != 0) return false;
+  const int64_t limits[] = {s.N * s.H * s.W, s.K, s.C, s.H, s.W, s.N, s.R * s.S * ceil_div64(s.Kg(), bk) * 128};
+  for (int64_t v : limits)
+    if (v >= kSm90IndexLimit) return false;
+  for (int64_t rh = 0; rh < std::min(s.stride_h, s.H); ++rh)
+    for (int64_t rw = 0; rw < std::min(s.stride_w, s.W); ++rw) {
+      DgradClass c{};
+      c.rh = rh;
+      c.rw = rw;
+      c.r0h = (rh + s.pad_h) % s.stride_h;
+      c.r0w = (rw + s.pad_w) % s.stride_w;
+      c.Rt = c.r0h < s.R ? ceil_div64(s.R - c.r0h, s.stride_h) : 0;
+      c.St = c.r0w < s.S ? ceil_div64(s.S - c.r0w, s.stride_w) : 0;
+      c.Hc = ceil_div64(s.H - rh, s.stride_h);
+      c.Wc = ceil_div64(s.W - rw, s.stride_w);
+      if (c.Rt > 0 && c.St > 0) {
+        c.lower_h = (rh + s.pad_h - c.r0h) / s.stride_h - c.Rt + 1;
+        c.lower_w = (rw + s.pad_w - c.r0w) / s.stride_w - c.St + 1;
+        const int64_t upper_h = c.Hc - s.P + c.lower_h, upper_w = c.Wc - s.Q + c.lower_w;
+        for (int64_t v : {c.lower_h, c.lower_w, upper_h, upper_w})
+          if (v < kIm2colCornerMin || v > kIm2colCornerMax) return false;
+        if (c.Rt - 1 > kIm2colOffsetMax || c.St - 1 > kIm2colOffsetMax) return false;
+        Conv2dShape& f = c.f;
+        f.N = s.N; f.C = s.K; f.H = s.P; f.W = s.Q; f.K = s.C; f.R = c.Rt; f.S = c.St; f.P = c.Hc; f.Q = c.Wc;
+        f.pad_h = -c.lower_h; f.pad_w = -c.lower_w; f.groups = s.groups;
+        f.x = channels_last_strides(s.K, s.P, s.Q);
+        f.w = channels_last_strides(s.Kg(), c.Rt, c.St);
+        f.y = channels_last_strides(s.C, c.Hc, c.Wc);
+        c.rm = Sm90Remap{int(upper_h), int(upper_w), s.H * s.W * s.C, s.stride_h * s.W * s.C, s.stride_w * s.C,
+                         (rh * s.W + rw) * s.C};
+      }
+      out->push_back(c);
+    }
+  return true;
+}
+
+// The residue classes' sub-filters: every tap once, each class's start rounded up to 8 elements (16-byte
+// aligned for TMA), at most sh·sw ≤ 64 classes.
+size_t class_filter_bytes(const Conv2dShape& s, int elem_bytes) {
+  return align_ws((size_t(s.K) * size_t(s.R * s.S * s.Cg()) + 8 * 64) * size_t(elem_bytes));
+}
+
 template <typename Cfg, typename T, bool kSplitK>
 cudaError_t launch_cfg(const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p, int sms,
                        cudaStream_t stream) {
@@ -408,12 +505,13 @@ cudaError_t launch_cfg(const CUtensorMap& tx, const CUtensorMap& tw, const Sm90P
 // y = epilogue(conv(x, w)) for a geometry fprop_geometry_ok accepted; ws: split-K partials.
 template <typename T>
 cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
-                      void* ws, size_t ws_bytes, cudaStream_t stream) {
+                      void* ws, size_t ws_bytes, cudaStream_t stream, const Sm90Remap* rm = nullptr) {
   int sms = 0;
-  if (!sm90_device(&sms) || !fprop_geometry_ok(s, sizeof(T)) || x == nullptr || w == nullptr || y == nullptr ||
-      !aligned(x, 16) || !aligned(w, 16))
+  if (!sm90_device(&sms) || (rm == nullptr && !fprop_geometry_ok(s, sizeof(T))) || x == nullptr || w == nullptr ||
+      y == nullptr || !aligned(x, 16) || !aligned(w, 16))
     return cudaErrorInvalidValue;
   Sm90Plan plan = make_plan(s, sizeof(T), tile);
+  if (rm != nullptr && plan.splits > 1) plan = make_plan(s, sizeof(T), Sm90Tile::kSmall);  // rows remapped: no split
   if (plan.splits > 1 && (ws == nullptr || ws_bytes < splitk_bytes(s, plan) || !aligned(ws, 16))) {
     // The rule's split-K only when the caller's workspace holds the partials (else the plain tiles,
     // still correct); a forced split-K without them is the caller's error.
@@ -428,7 +526,8 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
     const uint64_t dims[4] = {uint64_t(s.C), uint64_t(s.W), uint64_t(s.H), uint64_t(s.N)};
     const uint64_t strides[3] = {uint64_t(s.x.w) * sizeof(T), uint64_t(s.x.h) * sizeof(T), uint64_t(s.x.n) * sizeof(T)};
     const int lower[2] = {int(-s.pad_w), int(-s.pad_h)};
-    const int upper[2] = {int(s.pad_w - (s.S - 1) * s.dil_w), int(s.pad_h - (s.R - 1) * s.dil_h)};
+    const int upper[2] = {rm ? rm->upper_w : int(s.pad_w - (s.S - 1) * s.dil_w),
+                          rm ? rm->upper_h : int(s.pad_h - (s.R - 1) * s.dil_h)};
     const uint32_t estr[4] = {1, uint32_t(s.stride_w), uint32_t(s.stride_h), 1};
     cudaError_t err = encode_tensor_map_im2col(&tx, tma_dtype<T>(), 4, x, dims, strides, lower, upper, kBK,
                                                uint32_t(bm), estr, CU_TENSOR_MAP_SWIZZLE_128B);
@@ -471,7 +570,14 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
   const int64_t tiles = plan.m_tiles * plan.n_tiles * s.groups * plan.splits;
   if (tiles >= kSm90IndexLimit) return cudaErrorInvalidValue;
   p.tiles = int(tiles);
-  p.vec_store = s.K % 2 == 0 && s.Kg() % 2 == 0 && aligned(y, 4) && (epi.residual == nullptr || aligned(epi.residual, 4));
+  p.o_n = rm ? rm->o_n : s.P * s.Q * s.K;
+  p.o_p = rm ? rm->o_p : s.Q * s.K;
+  p.o_q = rm ? rm->o_q : s.K;
+  p.o_base = rm ? rm->o_base : 0;
+  p.Pv = int(s.P);
+  p.Qv = int(s.Q);
+  p.vec_store = s.K % 2 == 0 && s.Kg() % 2 == 0 && p.o_q % 2 == 0 && p.o_p % 2 == 0 && p.o_n % 2 == 0 &&
+                p.o_base % 2 == 0 && aligned(y, 4) && (epi.residual == nullptr || aligned(epi.residual, 4));
 
   if (plan.splits > 1) {
     cudaError_t err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
@@ -490,6 +596,10 @@ bool can_implement_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int el
   switch (dir) {
     case ConvDir::kFprop: break;
     case ConvDir::kDgrad:
+      if (s.stride_h > 1 || s.stride_w > 1) {
+        std::vector<DgradClass> classes;
+        return tile != Sm90Tile::kSplitK && dgrad_classes(s, elem_bytes, &classes);  // classes: no split-K
+      }
       if (!dgrad_as_fprop(s, &f)) return false;
       break;
     case ConvDir::kWgrad: return false;
@@ -508,6 +618,8 @@ size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, in
     if (!fprop_geometry_ok(s, elem_bytes)) return 0;
     fixed = bias_bytes(s);
   } else if (dir == ConvDir::kDgrad) {
+    std::vector<DgradClass> classes;
+    if (dgrad_classes(s, elem_bytes, &classes)) return class_filter_bytes(s, elem_bytes);  // no partials
     if (!dgrad_as_fprop(s, &f) || !fprop_geometry_ok(f, elem_bytes)) return 0;
     fixed = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * size_t(elem_bytes));
   } else {
@@ -549,8 +661,40 @@ cudaError_t fprop_tile(Sm90Tile tile, const Conv2dShape& s, const T* x, const T*
 }
 
 template <typename T>
+cudaError_t strided_dgrad(Sm90Tile tile, const Conv2dShape& s, const std::vector<DgradClass>& classes, const T* dy,
+                          const T* w, T* dx, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  const size_t filt = class_filter_bytes(s, sizeof(T));
+  if (dy == nullptr || w == nullptr || dx == nullptr || ws == nullptr || ws_bytes < filt || !aligned(ws, 16) ||
+      tile == Sm90Tile::kSplitK)
+    return cudaErrorInvalidValue;
+  bool any_empty = false;
+  for (const DgradClass& c : classes) any_empty = any_empty || c.Rt == 0 || c.St == 0;
+  if (any_empty) {  // rows/columns no tap reaches: dx is 0 there
+    cudaError_t err = cudaMemsetAsync(dx, 0, size_t(s.N * s.H * s.W * s.C) * sizeof(T), stream);
+    if (err != cudaSuccess) return err;
+  }
+  int64_t off = 0;  // each class's sub-filter, packed in class order (every tap once)
+  for (const DgradClass& c : classes) {
+    if (c.Rt == 0 || c.St == 0) continue;
+    T* wc = static_cast<T*>(ws) + off;
+    const int64_t total = s.K * c.Rt * c.St * s.Cg();
+    off += (total + 7) / 8 * 8;  // 16-byte aligned starts (TMA)
+    FC_LAUNCH(grid_for(total, 256), 256, 0, stream, class_filter_kernel<T>)(w, wc, s.K, s.R, s.S, s.Cg(), s.groups,
+                                                                          c.r0h, c.r0w, s.stride_h, s.stride_w,
+                                                                          c.Rt, c.St);
+    cudaError_t err = launch_status();
+    if (err != cudaSuccess) return err;
+    err = run_fprop<T>(tile, c.f, dy, wc, ConvEpilogue<T>{}, dx, nullptr, 0, stream, &c.rm);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+template <typename T>
 cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T* w, T* dx, void* ws, size_t ws_bytes,
                        cudaStream_t stream) {
+  std::vector<DgradClass> classes;
+  if (dgrad_classes(s, sizeof(T), &classes)) return strided_dgrad<T>(tile, s, classes, dy, w, dx, ws, ws_bytes, stream);
   Conv2dShape f;
   if (!dgrad_as_fprop(s, &f) || dy == nullptr || w == nullptr || dx == nullptr) return cudaErrorInvalidValue;
   const size_t flip = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * sizeof(T));

@@ -15,8 +15,9 @@
 //    output format's rounding (2^-10 half, 2^-7 bf16, 2^-23 float), atol = 1e-3 (16-bit), 1e-5 (float).
 //    For TF32 also: the result is farther from the exact FP32 reference than the tolerance on some
 //    element (the inputs have low mantissa bits set), so a silently exact FP32 path would be caught.
-//    dgrad (stride 1, as an fprop of the flipped filter) against a double scatter-form reference.
-//    Refusals: C = 3 (TMA strides), stride-2 dgrad, wgrad, an sm_80 device (the emulator's arch switch).
+//    dgrad (stride 1 as an fprop of the flipped filter; stride 2 and 3, groups, 1x1 with empty residue
+//    classes, by residue classes) against a double scatter-form reference.
+//    Refusals: C = 3 (TMA strides), strided dgrad with dilation or forced split-K, wgrad, an sm_80 device.
 // 2. Timing (a GPU only): fprop + folded-BN + ReLU on ResNet-50 layers at N = 32 and 256 (CUDA events,
 //    warm-up, median of kReps), ms and TFLOP/s against the H200's 989 TFLOP/s dense f16/bf16 peak.
 // Exit status 1 when any check fails or a CUDA call errors.
@@ -283,7 +284,7 @@ template <typename T>
 bool check_dgrad(const Case& c) {
   const Conv2dShape s = make_shape(c);
   if (!conv2d_implicit_gemm_sm90_can_implement(s, ConvDir::kDgrad, sizeof(T))) {
-    std::printf("FAIL %-5s %-26s dgrad can_implement refused a stride-1 shape\n", type_name<T>(), c.name);
+    std::printf("FAIL %-5s %-26s dgrad can_implement refused a supported shape\n", type_name<T>(), c.name);
     ++g_failures;
     return false;
   }
@@ -337,7 +338,10 @@ void check_refusals() {
   expect(!conv2d_implicit_gemm_sm90_can_implement(stem, ConvDir::kFprop, 2), "C = 3 (TMA needs 16-byte pixel strides)");
   const Conv2dShape s2 = make_shape({"s2", 1, 64, 14, 14, 64, 3, 3, 1, 2, 1, 1});
   expect(conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kFprop, 2), "stride-2 fprop is accepted");
-  expect(!conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kDgrad, 2), "stride-2 dgrad is refused");
+  expect(conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kDgrad, 2), "stride-2 dgrad (residue classes) is accepted");
+  expect(!conv2d_implicit_gemm_sm90_splitk_can_implement(s2, ConvDir::kDgrad, 2), "forced split-K on a strided dgrad");
+  const Conv2dShape s2d2 = make_shape({"s2d2", 1, 64, 14, 14, 64, 3, 3, 2, 2, 2, 1});
+  expect(!conv2d_implicit_gemm_sm90_can_implement(s2d2, ConvDir::kDgrad, 2), "strided dgrad with dilation 2");
   expect(!conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kWgrad, 2), "wgrad is refused");
   const Conv2dShape g = make_shape({"groups", 1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 2});
   expect(!conv2d_implicit_gemm_sm90_can_implement(g, ConvDir::kFprop, 2), "groups with C/groups = 32 f16 (< 128 bytes)");
@@ -364,6 +368,10 @@ const Case kCases[] = {
 const Case kLargeCase = {"large tile 1x1 64->128 130x130", 1, 64, 130, 130, 128, 1, 1, 0, 1, 1, 1};
 const Case kDgradCases[] = {
     {"dgrad 3x3 64 p1 14x14", 1, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1},
+    {"dgrad 3x3 s2 p1 C32 K64 14x14", 1, 32, 14, 14, 64, 3, 3, 1, 2, 1, 1},
+    {"dgrad 1x1 s2 C24 K64 9x9", 2, 24, 9, 9, 64, 1, 1, 0, 2, 1, 1},
+    {"dgrad 5x5 s3 p2 C16 K40 11x11", 1, 16, 11, 11, 40, 5, 5, 2, 3, 1, 1},
+    {"dgrad 3x3 s2 p2 g2 C32 K128 9x9", 1, 32, 9, 9, 128, 3, 3, 2, 2, 1, 2},
     {"dgrad 1x1 64->32 9x9", 2, 32, 9, 9, 64, 1, 1, 0, 1, 1, 1},
     {"dgrad 3x3 d2 p2 C40 K24", 1, 40, 9, 9, 24, 3, 3, 2, 1, 2, 1},
 };

@@ -76,7 +76,7 @@ std::string implicit_gemm_why_not(const Conv2dShape& s) {
 std::string implicit_gemm_sm90_why_not(const Conv2dShape& s) {
   return "it needs a compute capability 9.0 device (sm_90a: H100/H200), NHWC operands with C and C/groups "
          "multiples of 16 bytes (C/groups a multiple of 128 bytes when groups > 1), padding, dilation and "
-         "stride within TMA's im2col limits, and for dgrad stride 1 (it has no wgrad); got " +
+         "stride within TMA's im2col limits, and for a strided dgrad dilation 1 (it has no wgrad); got " +
          describe(s);
 }
 

@@ -70,9 +70,10 @@ FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
 // CC 9.0 device only: can_implement is false elsewhere) on NHWC x / KRSC w / NPQK y. T in {__half,
 // __nv_bfloat16, float}; float runs on TF32 tensor cores (the binding allows it only when TF32 is
 // enabled). fprop (any stride/padding/dilation within TMA's im2col limits; C·elem and C/groups·elem
-// multiples of 16 bytes; groups > 1 needs C/groups a multiple of 128 bytes of channels) and dgrad for
-// stride 1 (as an fprop of the flipped filter); no wgrad. Workspace: fprop the bias as float and, when
-// it fits the limit, FP32 split-K partials (small-M problems); dgrad the flipped filter (+ partials).
+// multiples of 16 bytes; groups > 1 needs C/groups a multiple of 128 bytes of channels) and dgrad (stride 1
+// as an fprop of the flipped filter; stride > 1 with dilation 1 by residue classes); no wgrad. Workspace:
+// fprop the bias as float and, when it fits the limit, FP32 split-K partials (small-M problems); dgrad the
+// flipped filter or the classes' sub-filters (+ partials for stride 1).
 // Never run on a GPU yet: verified on the emulated sm_90 device only. The tile configuration is the
 // launcher's rule (conv2d_igemm_sm90.cu: make_plan); the _128x128, _64x64 and _splitk algorithms force
 // one (same contract; _splitk needs its partials in the workspace), for the autotuner and for users.
