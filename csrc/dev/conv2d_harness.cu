@@ -17,18 +17,10 @@
 #include <vector>
 
 #include "fastconv/cuda_api.h"
+#include "harness.h"
 
 using namespace fastconv;
 using namespace fastconv::cuda;
-
-#define CUDA_CHECK(call)                                                                             \
-  do {                                                                                               \
-    cudaError_t err_ = (call);                                                                       \
-    if (err_ != cudaSuccess) {                                                                       \
-      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorName(err_), __FILE__, __LINE__, #call); \
-      return false;                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 struct Case {
   const char* name;

@@ -42,49 +42,23 @@
 #include <vector>
 
 #include "fastconv/cuda_api.h"
+#include "harness.h"
+
+using Case = IgemmCase;
 
 using namespace fastconv;
 using namespace fastconv::cuda;
-
-#define CUDA_CHECK(call)                                                                             \
-  do {                                                                                               \
-    cudaError_t err_ = (call);                                                                       \
-    if (err_ != cudaSuccess) {                                                                       \
-      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorName(err_), __FILE__, __LINE__, #call); \
-      return false;                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 constexpr int kWarmup = 3;
 constexpr int kReps = 20;
 constexpr double kMeasuredBf16GemmTflops = 798.0;
 
-struct Case {
-  const char* name;
-  int64_t N, C, H, W, K, R, S, pad, stride, dil, groups;
-};
-
-Conv2dShape make_shape(const Case& c) {
-  Conv2dShape s = make_conv2d_shape(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, c.pad, c.stride, c.stride, c.dil, c.dil,
-                                    c.groups);
-  s.x = channels_last_strides(s.C, s.H, s.W);
-  s.w = channels_last_strides(s.Cg(), s.R, s.S);  // KRSC
-  s.y = channels_last_strides(s.K, s.P, s.Q);
-  return s;
-}
 
 size_t numel_x(const Conv2dShape& s) { return static_cast<size_t>(s.N * s.C * s.H * s.W); }
 size_t numel_y(const Conv2dShape& s) { return static_cast<size_t>(s.N * s.K * s.P * s.Q); }
 size_t numel_w(const Conv2dShape& s) { return static_cast<size_t>(s.K * s.Cg() * s.R * s.S); }
 
 // Host conversions for the two storage types.
-template <typename T> T to_t(float v);
-template <> float to_t<float>(float v) { return v; }
-template <> __half to_t<__half>(float v) { return __float2half_rn(v); }
-template <> __nv_bfloat16 to_t<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-float to_f(float v) { return v; }
-float to_f(__half v) { return __half2float(v); }
-float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename T> const char* type_name();
 template <> const char* type_name<float>() { return "tf32"; }
 template <> const char* type_name<__half>() { return "f16"; }

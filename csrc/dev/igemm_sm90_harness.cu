@@ -30,6 +30,9 @@
 #include <vector>
 
 #include "fastconv/cuda_api.h"
+#include "harness.h"
+
+using Case = IgemmCase;
 
 #if defined(FASTCONV_EMU)
 #include "runtime.h"
@@ -38,40 +41,11 @@
 using namespace fastconv;
 using namespace fastconv::cuda;
 
-#define CUDA_CHECK(call)                                                                             \
-  do {                                                                                               \
-    cudaError_t err_ = (call);                                                                       \
-    if (err_ != cudaSuccess) {                                                                       \
-      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorName(err_), __FILE__, __LINE__, #call); \
-      return false;                                                                                  \
-    }                                                                                                \
-  } while (0)
-
 constexpr int kWarmup = 3;
 constexpr int kReps = 20;
 constexpr double kH200DenseTflops = 989.0;
 
-struct Case {
-  const char* name;
-  int64_t N, C, H, W, K, R, S, pad, stride, dil, groups;
-};
 
-Conv2dShape make_shape(const Case& c) {
-  Conv2dShape s = make_conv2d_shape(c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, c.pad, c.stride, c.stride, c.dil, c.dil,
-                                    c.groups);
-  s.x = channels_last_strides(s.C, s.H, s.W);
-  s.w = channels_last_strides(s.Cg(), s.R, s.S);
-  s.y = channels_last_strides(s.K, s.P, s.Q);
-  return s;
-}
-
-template <typename T> T to_t(float v);
-template <> __half to_t<__half>(float v) { return __float2half_rn(v); }
-template <> __nv_bfloat16 to_t<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> float to_t<float>(float v) { return v; }
-float to_f(__half v) { return __half2float(v); }
-float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-float to_f(float v) { return v; }
 template <typename T> const char* type_name();
 template <> const char* type_name<__half>() { return "f16"; }
 template <> const char* type_name<__nv_bfloat16>() { return "bf16"; }
