@@ -2,7 +2,8 @@
 // the PTX ISA 8.x §9.7.15 "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions"
 // (9.x: §9.7.15 as well): wgmma.fence, wgmma.commit_group, wgmma.wait_group and
 // wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16} / .m64nNk8.f32.tf32 with both operands in shared
-// memory (descriptors), both K-major (imm-trans-a = imm-trans-b = 0), imm-scale-a = imm-scale-b = 1.
+// memory (descriptors), each K-major (imm-trans = 0) or, for f16/bf16 only, MN-major (imm-trans = 1),
+// imm-scale-a = imm-scale-b = 1.
 //
 // What is implemented:
 //   * Descriptor (§9.7.15.5.1.2.2 "Matrix Descriptor Format"): start = bits 0-13 << 4, LBO = bits 16-29
@@ -15,6 +16,13 @@
 //       swizzle W:   a = start + (r/8)·SBO + (r%8)·W + kb, then on the shared address a the 16-byte
 //                    chunk bits are XORed with the row bits: 128B a[4:6] ^= a[7:9], 64B a[4:5] ^=
 //                    a[7:8], 32B a[4] ^= a[7]; LBO is not used (the ISA: "assumed to be 1").
+//   * Element (mn, k) of an MN-major operand (imm-trans = 1; A: mn = m, B: mn = n), mb = mn·sizeof(elem)
+//     (same sections: MN-major swizzle atoms are {1,2,4,8} 16-byte units along MN x 8 along K; ISA
+//     "Strides", MN-major: LBO = interleave "the first 8 columns to the next 8 columns" (K), swizzled "the
+//     first (swizzle-byte-size/16) rows to the next" (MN atoms); SBO = the other direction; CUTLASS's
+//     make_gmma_desc<Major::MN> reads the same way):
+//       no swizzle:  start + (mb/16)·SBO + (k/8)·LBO + (k%8)·16 + mb%16   (core matrix: 8 K rows x 16 bytes)
+//       swizzle W:   a = start + (mb/W)·LBO + (k/8)·SBO + (k%8)·W + mb%W, then the same XOR as below.
 //     The XOR is on the absolute address, which is what the hardware does when the base offset is 0
 //     and the pattern starts on its 1024/512/256-byte boundary; so a start address off that boundary
 //     by a whole row (bits 7.. of the start non-zero) faults, as does any non-zero base offset (not
@@ -47,6 +55,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "runtime.h"
@@ -62,6 +71,7 @@ struct WgmmaOp {
   int n;
   uint64_t desc_a, desc_b;
   bool accumulate;
+  bool trans_a, trans_b;  // MN-major operand (imm-trans-a / imm-trans-b = 1)
   float* d;
   const char* file;
   int line;
@@ -166,6 +176,23 @@ inline void wgmma_read_row(const WgmmaDesc& d, int r, WgmmaType type, const char
   }
 }
 
+// Shared address of element (mn, k) of an MN-major operand (16-bit elements; see the header comment).
+inline uint32_t wgmma_mn_addr(const WgmmaDesc& d, int mn, int k) {
+  const uint32_t mb = static_cast<uint32_t>(mn) * 2u;
+  if (d.width == 0) return d.start + (mb / 16) * d.sbo + (k / 8) * d.lbo + (k % 8) * 16 + mb % 16;
+  const uint32_t a = d.start + (mb / d.width) * d.lbo + (k / 8) * d.sbo + (k % 8) * d.width + mb % d.width;
+  const uint32_t row_mask = d.width / 16 - 1;
+  return a ^ (((a >> 7) & row_mask) << 4);
+}
+
+// Reads the 16 K elements of index mn of an operand, K-major (a row) or MN-major (a column).
+inline void wgmma_read(const WgmmaDesc& d, bool mn_major, int mn, WgmmaType type, const char* what,
+                       const WgmmaOp& op, double* out) {
+  if (!mn_major) return wgmma_read_row(d, mn, type, what, op, out);
+  for (int k = 0; k < 16; ++k)
+    out[k] = wgmma_elem(::fc_emu::shared_pointer(wgmma_mn_addr(d, mn, k), 2, what, op.file, op.line), type);
+}
+
 inline WgmmaAccum* wgmma_find_accum(WgmmaState& st, const float* d) {
   for (WgmmaAccum& a : st.accums)
     if (a.d == d) return &a;
@@ -180,13 +207,14 @@ inline void wgmma_execute(WgmmaState& st, const WgmmaOp& op) {
   const WgmmaDesc da = wgmma_decode(op.desc_a), db = wgmma_decode(op.desc_b);
   const int kk = op.type == WgmmaType::kTf32 ? 8 : 16;
   double a[2][16], b[16];
-  wgmma_read_row(da, 16 * w + l / 4, op.type, "wgmma.mma_async (operand A, read at its wait_group)", op, a[0]);
-  wgmma_read_row(da, 16 * w + l / 4 + 8, op.type, "wgmma.mma_async (operand A, read at its wait_group)", op, a[1]);
+  const char* what_a = "wgmma.mma_async (operand A, read at its wait_group)";
+  wgmma_read(da, op.trans_a, 16 * w + l / 4, op.type, what_a, op, a[0]);
+  wgmma_read(da, op.trans_a, 16 * w + l / 4 + 8, op.type, what_a, op, a[1]);
   WgmmaAccum* acc = wgmma_find_accum(st, op.d);
   for (int i = 0; i < op.n / 8; ++i)
     for (int j = 0; j < 2; ++j) {
       const int col = 8 * i + 2 * (l % 4) + j;
-      wgmma_read_row(db, col, op.type, "wgmma.mma_async (operand B, read at its wait_group)", op, b);
+      wgmma_read(db, op.trans_b, col, op.type, "wgmma.mma_async (operand B, read at its wait_group)", op, b);
       for (int h = 0; h < 2; ++h) {
         const int reg = 4 * i + 2 * h + j;
         double s = op.accumulate ? static_cast<double>(acc->value[reg]) : 0.0;
@@ -223,7 +251,7 @@ inline void wgmma_check_desc(uint64_t desc, const char* operand, const char* fil
 }
 
 inline void wgmma_issue(float* d, int n, WgmmaType type, uint64_t desc_a, uint64_t desc_b, bool accumulate,
-                        const char* file, int line) {
+                        bool trans_a, bool trans_b, const char* file, int line) {
   const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
   if (threads % 128 != 0)
     wgmma_fault(cudaErrorLaunchFailure, file, line,
@@ -247,7 +275,7 @@ inline void wgmma_issue(float* d, int n, WgmmaType type, uint64_t desc_a, uint64
                     " vs " + std::to_string(n) + ")");
   }
   ++acc->pending;
-  st.open.push_back(WgmmaOp{type, n, desc_a, desc_b, accumulate, d, file, line});
+  st.open.push_back(WgmmaOp{type, n, desc_a, desc_b, accumulate, trans_a, trans_b, d, file, line});
 }
 
 template <typename T>
@@ -285,12 +313,16 @@ inline void wgmma_wait_group(const char* = __builtin_FILE(), int = __builtin_LIN
   }
 }
 
-// D (64 x N, FP32) = A (64 x K) · B (K x N) + (accumulate ? D : 0); see the header comment.
-template <typename T, int N>
+// D (64 x N, FP32) = A (64 x K) · B (K x N) + (accumulate ? D : 0), A M-major if kTransA, B N-major if
+// kTransB; see the header comment.
+template <typename T, int N, bool kTransA = false, bool kTransB = false>
 inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate,
                      const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   static_assert(N == 64 || N == 128, "wgmma_ss is instantiated for N = 64 and 128");
-  emu_detail::wgmma_issue(d, N, emu_detail::wgmma_type_of<T>(), desc_a, desc_b, accumulate, file, line);
+  static_assert(!std::is_same<T, float>::value || (!kTransA && !kTransB),
+                "the PTX ISA allows MN-major (transposed) wgmma operands only for .f16/.bf16");
+  emu_detail::wgmma_issue(d, N, emu_detail::wgmma_type_of<T>(), desc_a, desc_b, accumulate, kTransA, kTransB, file,
+                          line);
 }
 
 }  // namespace cuda

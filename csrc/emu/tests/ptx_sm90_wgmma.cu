@@ -14,7 +14,16 @@
 //   1. wgmma_ss<{f16, bf16, tf32}, {64, 128}> x swizzle {none (odd LBO/SBO), 32B, 64B, 128B} x 3 data
 //      sets, K spread over 2 (none, 32B, 64B) or 4 (128B) chained wgmma in one group, the start address
 //      moved along K inside the swizzle atom (+32 bytes per k block); scale-d false over a NaN D and over
-//      a finite D, and true; one warpgroup and blocks of two warpgroups with their own operands
+//      a finite D, and true; one warpgroup and blocks of two warpgroups with their own operands.
+//      MN-major operands (imm-trans-a/b = 1, wgmma_ss<T, N, kTransA, kTransB>): {f16, bf16} x {64, 128} x
+//      swizzle {none, 32B, 64B, 128B} x {A M-major + B K-major, A K-major + B N-major, both MN-major} x
+//      the 3 data sets, laid out by the test's own reading of CUTLASS's make_gmma_desc<Major::MN>
+//      canonical layouts (mn_offset below); 2 (128B: 4) chained wgmma, the start stepping two 8-K-row
+//      groups per k16 block; LBO and SBO are not the packed distances (gaps between core matrices or
+//      atoms: A gapped along K, B along N), so a device that took one for the other would read elsewhere.
+//      Host only: the data sets tell swapped K chunks / rows / columns / registers apart; every MN-major
+//      case's D would differ with LBO and SBO swapped, or with imm-trans ignored; the placements do not
+//      overlap and agree with a descriptor-relative reading (start + the in-wgmma part of the layout)
 //   2. two groups on two accumulators: wait_group 1 completes the older, then wait_group 0
 //   3. (emulator only) the operands are read at the wait: smem rewritten between issue and wait
 //      changes the result; faults: exit with an un-waited group / an uncommitted wgmma, operand outside
@@ -87,12 +96,14 @@ static uint32_t cute_swizzle(uint32_t x, int b) {
   return x ^ ((x & yyy) >> 3);
 }
 
-// How one warpgroup's A (64 x Ktot) or B (N x Ktot) is stored, K-major (row = m of A or n of B).
+// How one warpgroup's A (64 x Ktot) or B (N x Ktot) is stored: K-major (row = m of A or n of B; the
+// fields as commented) or MN-major (mn_major: see mn_offset, where LBO and SBO mean other things).
 struct Placement {
   int swizzle_bytes;  // 0 (none), 32, 64, 128
   uint32_t lbo;       // none: byte distance between the two 16-byte K halves of a wgmma (next core matrix in K)
   uint32_t sbo;       // byte distance between 8-row groups (next core matrix / atom in M or N)
   uint32_t col;       // swizzled: byte distance between atoms along K (when a row of K spans several atoms)
+  bool mn_major = false;
 };
 
 // Byte offset of element (row, kbyte) of the tile. No swizzle: core matrices of 8 rows x 16 bytes, rows
@@ -116,6 +127,47 @@ static uint32_t op_start(const Placement& p, int j) {
   const uint32_t w = static_cast<uint32_t>(p.swizzle_bytes);
   return (kb / w) * p.col + kb % w;
 }
+
+// MN-major operands (imm-trans = 1; 16-bit elements only, §9.7.15.5.2: .tf32 takes no transpose). The
+// ISA's Table "swizzle atom layout", MN-major: an atom is {8, 4, 2, 1} 16-byte units along MN x 8 along
+// K for 128B / 64B / 32B / none — i.e. along MN it is W bytes wide (16 for none) and K is the slow
+// direction, 8 K-rows W bytes apart. CUTLASS make_gmma_desc<Major::MN> (cute/atom/mma_traits_sm90_gmma.hpp)
+// spells the canonical layouts in elements, T = 8 per 16 bytes, ((MN modes), (K modes)) : (strides):
+//   none: Swizzle<0,4,3> o ((T,1,m),(8,k)) : ((1,T,SBO),(1T,LBO))
+//   32B:  Swizzle<1,4,3> o ((T,2,m),(8,k)) : ((1,T,LBO),(2T,SBO))
+//   64B:  Swizzle<2,4,3> o ((T,4,m),(8,k)) : ((1,T,LBO),(4T,SBO))
+//   128B: Swizzle<3,4,3> o ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO))
+// Read in bytes, for element (mn, k), mn_byte = 2·mn:
+//   none: core matrix = 8 K-rows x 16 bytes (8 MN-consecutive elements contiguous, K-rows 16 bytes
+//         apart); the next 8 MN at +SBO, the next 8 K at +LBO. The ISA's "Strides" text agrees: MN-major
+//         interleave LBO is "the stride from the first 8 columns to the next 8 columns" (columns = K).
+//   W:    atom = 8 K-rows x W bytes (W/2 MN-consecutive elements a row, rows W bytes apart); the next
+//         atom along MN at +LBO ("the stride from the first (swizzle-byte-size/16) rows to the next
+//         (swizzle-byte-size/16) rows", rows = 16-byte MN units), the next 8 K-rows at +SBO; Swizzle<B,4,3>
+//         on the shared address, the atoms on 8·W-byte boundaries (so on the offset from the 1024-aligned
+//         tile base, as cute_swizzle does).
+static uint32_t mn_offset(const Placement& p, int mn, int k) {
+  const uint32_t mb = 2u * static_cast<uint32_t>(mn);
+  const uint32_t kg = static_cast<uint32_t>(k) / 8, kr = static_cast<uint32_t>(k) % 8;
+  if (p.swizzle_bytes == 0) return (mb / 16) * p.sbo + kg * p.lbo + kr * 16 + mb % 16;
+  const uint32_t w = static_cast<uint32_t>(p.swizzle_bytes);
+  const int b = p.swizzle_bytes == 128 ? 3 : (p.swizzle_bytes == 64 ? 2 : 1);
+  return cute_swizzle((mb / w) * p.lbo + kg * p.sbo + kr * w + mb % w, b);
+}
+
+// Where wgmma number j (K elements [16j, 16j + 16)) of an MN-major operand starts: two 8-K-row groups
+// further, 2·LBO (none) or 2·SBO (swizzled) — the K-mode stride of the layout above, as CUTLASS's
+// descriptor iterator moves the start (a whole number of atoms, multiples of 8·W: it commutes with the
+// swizzle, so the start stays on its pattern boundary).
+static uint32_t mn_op_start(const Placement& p, int j) {
+  return 2u * static_cast<uint32_t>(j) * (p.swizzle_bytes == 0 ? p.lbo : p.sbo);
+}
+
+// Either majorness: byte offset of element (row, k) (row = m of A or n of B), and wgmma j's start.
+static uint32_t elem_offset(const Placement& p, int row, int k, int eb) {
+  return p.mn_major ? mn_offset(p, row, k) : sw_offset(p, row, static_cast<uint32_t>(k * eb));
+}
+static uint32_t start_offset(const Placement& p, int j) { return p.mn_major ? mn_op_start(p, j) : op_start(p, j); }
 
 static int swizzle_code(int bytes) { return bytes == 128 ? 1 : bytes == 64 ? 2 : bytes == 32 ? 3 : 0; }
 
@@ -173,9 +225,14 @@ struct Region {
 
 static uint32_t round_up(uint32_t x, uint32_t m) { return (x + m - 1) / m * m; }
 
-static Region make_region(int swz, int n) {
+// K-major placements as before; MN-major ones (ta: A, tb: B) with LBO and SBO both away from the packed
+// distances where they matter: A's next 8 K-rows sit a gap further than the MN extent needs (and, for
+// the gridded layouts, its MN atoms a gap apart), B's next MN atom sits a gap further than its K extent
+// needs. LBO != SBO everywhere, and every stride of a swizzled layout is a multiple of 8·W (each atom on
+// its pattern boundary). kt = K elements of the tile, eb = element bytes.
+static Region make_region(int swz, int n, bool ta, bool tb, int kt, int eb) {
   Region r;
-  const int ktb = swz == 128 ? 128 : 64;  // K bytes of the tile: 4 wgmma for 128B, 2 otherwise
+  const uint32_t kg = static_cast<uint32_t>(kt) / 8;  // 8-K-row groups of an MN-major tile
   if (swz == 0) {
     r.pa = {0, 1152, 144, 0};              // 8 core matrices 144 apart, then the next K column
     r.pb = {0, uint32_t(n / 8) * 160 + 32, 160, 0};
@@ -189,11 +246,23 @@ static Region make_region(int swz, int n) {
     r.pa = {128, 16, 1024, 0};
     r.pb = {128, 16, 1024, 0};
   }
+  if (ta) {  // A: 64 M = 128 bytes along MN
+    if (swz == 0) r.pa = {0, 8 * 144 + 64, 144, 0, true};      // MN core matrices 144 apart (packed: 128), K after a gap
+    if (swz == 32) r.pa = {32, 512, 4 * 512 + 256, 0, true};   // 4 MN atoms 512 apart (packed: 256), K after a gap
+    if (swz == 64) r.pa = {64, 1024, 2 * 1024 + 512, 0, true}; // 2 MN atoms 1024 apart (packed: 512), K after a gap
+    if (swz == 128) r.pa = {128, 1024, 2048, 0, true};         // 1 MN atom (LBO unused), K groups 2048 apart (packed: 1024)
+  }
+  if (tb) {  // B: N = 64 or 128 -> 128 or 256 bytes along MN; K groups packed, MN atoms after a gap
+    if (swz == 0) r.pb = {0, 176, kg * 176 + 48, 0, true};     // K core matrices 176 apart (packed: 128)
+    if (swz == 32) r.pb = {32, kg * 256 + 256, 256, 0, true};
+    if (swz == 64) r.pb = {64, kg * 512 + 512, 512, 0, true};
+    if (swz == 128) r.pb = {128, kg * 1024 + 1024, 1024, 0, true};
+  }
   uint32_t a_end = 0, b_end = 0;
   for (int row = 0; row < 64; ++row)
-    for (int kb = 0; kb < ktb; kb += 16) a_end = std::max(a_end, sw_offset(r.pa, row, kb) + 16);
+    for (int k = 0; k < kt; ++k) a_end = std::max(a_end, elem_offset(r.pa, row, k, eb) + eb);
   for (int row = 0; row < n; ++row)
-    for (int kb = 0; kb < ktb; kb += 16) b_end = std::max(b_end, sw_offset(r.pb, row, kb) + 16);
+    for (int k = 0; k < kt; ++k) b_end = std::max(b_end, elem_offset(r.pb, row, k, eb) + eb);
   r.b_base = round_up(a_end, 1024);
   r.bytes = round_up(r.b_base + b_end, 1024);
   return r;
@@ -203,15 +272,31 @@ static void place(std::vector<uint8_t>& img, uint32_t at, Elem e, uint32_t bits)
   std::memcpy(&img[at], &bits, elem_bytes(e));
 }
 
-static void fill_region(std::vector<uint8_t>& img, uint32_t base, const Region& r, Elem e, const Operands& o) {
+// Returns false if two elements land on one byte (a placement that overlaps itself tests nothing).
+static bool fill_region(std::vector<uint8_t>& img, uint32_t base, const Region& r, Elem e, const Operands& o) {
   std::memset(&img[base], 0x7B, r.bytes);
   const int eb = elem_bytes(e);
+  std::vector<uint8_t> used(r.bytes, 0);
+  bool ok = true;
+  auto mark = [&](uint32_t at) {
+    for (int i = 0; i < eb; ++i) {
+      ok = ok && at + i < r.bytes && used[at + i] == 0;
+      if (at + i < r.bytes) used[at + i] = 1;
+    }
+  };
   for (int m = 0; m < 64; ++m)
-    for (int k = 0; k < o.kt; ++k)
-      place(img, base + sw_offset(r.pa, m, k * eb), e, elem_bits(e, o.a[m * o.kt + k], junk_of(m, k, 0)));
+    for (int k = 0; k < o.kt; ++k) {
+      const uint32_t at = elem_offset(r.pa, m, k, eb);
+      mark(at);
+      place(img, base + at, e, elem_bits(e, o.a[m * o.kt + k], junk_of(m, k, 0)));
+    }
   for (int c = 0; c < o.n; ++c)
-    for (int k = 0; k < o.kt; ++k)
-      place(img, base + r.b_base + sw_offset(r.pb, c, k * eb), e, elem_bits(e, o.b[c * o.kt + k], junk_of(c, k, 1)));
+    for (int k = 0; k < o.kt; ++k) {
+      const uint32_t at = r.b_base + elem_offset(r.pb, c, k, eb);
+      mark(at);
+      place(img, base + at, e, elem_bits(e, o.b[c * o.kt + k], junk_of(c, k, 1)));
+    }
+  return ok;
 }
 
 // ---- device side ----------------------------------------------------------------------------------------
@@ -244,8 +329,9 @@ __device__ __forceinline__ uint32_t fill_smem(uint8_t* raw, const uint32_t* imag
   return addr + pad;
 }
 
-// plan.nops chained wgmma into one accumulator, one group, wait_group 0.
-template <typename T, int N>
+// plan.nops chained wgmma into one accumulator, one group, wait_group 0; A M-major if kTransA, B N-major
+// if kTransB (imm-trans-a / imm-trans-b).
+template <typename T, int N, bool kTransA = false, bool kTransB = false>
 __global__ void wgmma_chain_kernel(const WgPlan* plan, const uint32_t* image, const float* c_init, float* out) {
   FC_DYNAMIC_SHARED(1024, uint8_t, raw);
   const uint32_t region = plan->region_bytes;
@@ -258,8 +344,8 @@ __global__ void wgmma_chain_kernel(const WgPlan* plan, const uint32_t* image, co
   const int nops = plan->nops;
   for (int j = 0; j < nops; ++j) {
     const WgOp o = plan->op[j];
-    fc::wgmma_ss<T, N>(d, plan_desc(base + o.a_off, o.a_lbo, o.a_sbo, o.swizzle),
-                       plan_desc(base + o.b_off, o.b_lbo, o.b_sbo, o.swizzle), o.accumulate != 0);
+    fc::wgmma_ss<T, N, kTransA, kTransB>(d, plan_desc(base + o.a_off, o.a_lbo, o.a_sbo, o.swizzle),
+                                         plan_desc(base + o.b_off, o.b_lbo, o.b_sbo, o.swizzle), o.accumulate != 0);
   }
   fc::wgmma_commit_group();
   fc::wgmma_wait_group<0>();
@@ -308,6 +394,7 @@ struct Case {
   int n, swz, set, wgs;
   int first_acc;  // scale-d of the first wgmma (the later ones accumulate)
   bool nan_c;     // D before the first wgmma is NaN (with first_acc = 0: must be ignored)
+  bool ta = false, tb = false;  // A M-major, B N-major (f16/bf16 only)
 };
 
 struct Built {
@@ -317,17 +404,18 @@ struct Built {
   std::vector<float> c_init;
   std::vector<Operands> ops;  // per warpgroup
   int nops;
+  bool layout_ok = true;  // no two elements on one byte
 };
 
 static Built build(const Case& cs) {
   Built b;
-  b.r = make_region(cs.swz, cs.n);
   b.nops = cs.swz == 128 ? 4 : 2;
   const int kt = b.nops * k_per_op(cs.e);
+  b.r = make_region(cs.swz, cs.n, cs.ta, cs.tb, kt, elem_bytes(cs.e));
   std::vector<uint8_t> img(static_cast<size_t>(cs.wgs) * b.r.bytes);
   for (int g = 0; g < cs.wgs; ++g) {
     b.ops.push_back(make_operands(cs.set, g, cs.n, kt));
-    fill_region(img, g * b.r.bytes, b.r, cs.e, b.ops.back());
+    b.layout_ok = fill_region(img, g * b.r.bytes, b.r, cs.e, b.ops.back()) && b.layout_ok;
   }
   b.image.resize(img.size() / 4);
   std::memcpy(b.image.data(), img.data(), img.size());
@@ -336,8 +424,8 @@ static Built build(const Case& cs) {
   b.plan.region_bytes = b.r.bytes;
   for (int j = 0; j < b.nops; ++j) {
     WgOp& o = b.plan.op[j];
-    o.a_off = op_start(b.r.pa, j);
-    o.b_off = b.r.b_base + op_start(b.r.pb, j);
+    o.a_off = start_offset(b.r.pa, j);
+    o.b_off = b.r.b_base + start_offset(b.r.pb, j);
     o.a_lbo = b.r.pa.lbo;
     o.a_sbo = b.r.pa.sbo;
     o.b_lbo = b.r.pb.lbo;
@@ -365,20 +453,26 @@ static long long ref_d(const Built& b, int g, int m, int col, int j0, int j1, El
 }
 
 static std::string case_name(const char* what, const Case& cs) {
-  char nm[256];
-  std::snprintf(nm, sizeof(nm), "%s m64n%dk%d.f32.%s swizzle %s, %s, %d wgmma, scale-d %d%s, %d warpgroup%s", what,
+  char nm[320];
+  const char* major = !cs.ta && !cs.tb ? "" : (cs.ta && cs.tb ? ", A M-major, B N-major" : (cs.ta ? ", A M-major, B K-major" : ", A K-major, B N-major"));
+  std::snprintf(nm, sizeof(nm), "%s m64n%dk%d.f32.%s swizzle %s%s, %s, %d wgmma, scale-d %d%s, %d warpgroup%s", what,
                 cs.n, k_per_op(cs.e), kElemName[cs.e],
-                cs.swz == 0 ? "none" : (cs.swz == 32 ? "32B" : (cs.swz == 64 ? "64B" : "128B")), kSetName[cs.set],
-                cs.swz == 128 ? 4 : 2, cs.first_acc, cs.nan_c ? " over NaN" : "", cs.wgs, cs.wgs > 1 ? "s" : "");
+                cs.swz == 0 ? "none" : (cs.swz == 32 ? "32B" : (cs.swz == 64 ? "64B" : "128B")), major,
+                kSetName[cs.set], cs.swz == 128 ? 4 : 2, cs.first_acc, cs.nan_c ? " over NaN" : "", cs.wgs,
+                cs.wgs > 1 ? "s" : "");
   return nm;
 }
 
 static size_t smem_bytes(const Built& b, int wgs) { return static_cast<size_t>(wgs) * b.r.bytes + 1024; }
 
-template <typename T, int N>
+template <typename T, int N, bool kTransA = false, bool kTransB = false>
 static void run_chain(const Case& cs) {
   const std::string name = case_name("wgmma.mma_async", cs);
   const Built b = build(cs);
+  if (!b.layout_ok || cs.ta != kTransA || cs.tb != kTransB) {
+    report(false, name, "test bug: overlapping placement or majorness not the kernel's");
+    return;
+  }
   DevBuf<WgPlan> dplan(1);
   DevBuf<uint32_t> dimg(b.image.size());
   DevBuf<float> dc(b.c_init.size()), dout(b.c_init.size());
@@ -388,12 +482,17 @@ static void run_chain(const Case& cs) {
     return;
   }
   const size_t smem = smem_bytes(b, cs.wgs);
-  cudaFuncSetAttribute(wgmma_chain_kernel<T, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  FC_LAUNCH(dim3(1), dim3(128 * cs.wgs), smem, 0, wgmma_chain_kernel<T, N>)(dplan.p, dimg.p, dc.p, dout.p);
+  cudaFuncSetAttribute(wgmma_chain_kernel<T, N, kTransA, kTransB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       static_cast<int>(smem));
+  FC_LAUNCH(dim3(1), dim3(128 * cs.wgs), smem, 0, wgmma_chain_kernel<T, N, kTransA, kTransB>)(dplan.p, dimg.p, dc.p,
+                                                                                            dout.p);
   const cudaError_t e = launch_result();
   std::vector<float> got;
   if (e != cudaSuccess || !dout.down(got)) {
     report(false, name, std::string("launch/copy failed: ") + cudaGetErrorString(e));
+#if defined(FASTCONV_EMU)
+    fc_emu::reset_device();  // the fault is sticky: let the later checks run
+#endif
     return;
   }
   Mismatches mm;
@@ -471,6 +570,144 @@ static void run_type(Elem e) {
   }
   run_two_groups<T, 64>(e);
   run_two_groups<T, 128>(e);
+}
+
+// MN-major operands, f16/bf16 only: every swizzle x both N x the three majorness pairs x the three data
+// sets (set 0: one warpgroup, scale-d 1; set 1: two, scale-d 0 over NaN; set 2: two, scale-d 0 over D).
+template <typename T, bool kTransA, bool kTransB>
+static void run_mn_layout(Elem e) {
+  const int swizzles[4] = {0, 32, 64, 128};
+  for (int si = 0; si < 4; ++si)
+    for (int set = 0; set < 3; ++set) {
+      Case c64{e, 64, swizzles[si], set, set == 0 ? 1 : 2, set == 0 ? 1 : 0, set == 1};
+      c64.ta = kTransA;
+      c64.tb = kTransB;
+      run_chain<T, 64, kTransA, kTransB>(c64);
+      Case c128 = c64;
+      c128.n = 128;
+      run_chain<T, 128, kTransA, kTransB>(c128);
+    }
+}
+
+template <typename T>
+static void run_mn_type(Elem e) {
+  run_mn_layout<T, true, true>(e);
+  run_mn_layout<T, true, false>(e);
+  run_mn_layout<T, false, true>(e);
+}
+
+// ---- host only: would the MN-major cases catch a misread descriptor? ------------------------------------
+//
+// What a device computes for element (idx, kl) (idx = m of A or n of B, kl in [0, 16) the K of one
+// wgmma) from the descriptor fields start / LBO / SBO / W alone: the start plus the in-wgmma part of the
+// canonical layout (the same layouts as sw_offset and mn_offset, written relative to the start). With the
+// true fields it must find every element where the placement put it (checked below: this ties the
+// K-stepping of start_offset to the layouts); with LBO and SBO exchanged, or with the MN-major operand
+// read as K-major (imm-trans ignored), it tells what such a device would multiply.
+static uint32_t desc_relative_offset(uint32_t start, uint32_t lbo, uint32_t sbo, int w, bool mn_major, int idx,
+                                     int kl) {
+  const int b = w == 128 ? 3 : (w == 64 ? 2 : 1);
+  const uint32_t uw = static_cast<uint32_t>(w);
+  if (mn_major) {
+    const uint32_t mb = 2u * static_cast<uint32_t>(idx), kg = kl / 8u, kr = kl % 8u;
+    if (w == 0) return start + (mb / 16) * sbo + kg * lbo + kr * 16 + mb % 16;
+    return cute_swizzle(start + (mb / uw) * lbo + kg * sbo + kr * uw + mb % uw, b);
+  }
+  const uint32_t kb = 2u * static_cast<uint32_t>(kl), r = static_cast<uint32_t>(idx);
+  if (w == 0) return start + (r / 8) * sbo + (kb / 16) * lbo + (r % 8) * 16 + kb % 16;
+  return cute_swizzle(start + (r / 8) * sbo + (r % 8) * uw + kb, b);
+}
+
+// The value of a 16-bit operand pattern (f16: 1-5-10 with subnormals; bf16: the top half of an FP32).
+static double b16_value(Elem e, uint16_t bits) {
+  if (e == kBf16) {
+    const uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  const int sign = bits >> 15, ex = (bits >> 10) & 31, man = bits & 1023;
+  const double mag = ex == 0 ? std::ldexp(man, -24) : (ex == 31 ? HUGE_VAL : std::ldexp(1024 + man, ex - 25));
+  return sign ? -mag : mag;
+}
+
+// How a device reads one operand of the case: the true fields, LBO and SBO exchanged, or imm-trans ignored.
+enum Misread { kTrue = 0, kSwapLboSbo = 1, kIgnoreTrans = 2 };
+
+// The operand element a device reading `how` takes for (idx, k) of wgmma j; false if outside the region.
+static bool read_as(const Built& b, Elem e, bool is_a, int idx, int j, int kl, Misread how, double* v) {
+  const Placement& p = is_a ? b.r.pa : b.r.pb;
+  const uint32_t base = is_a ? 0 : b.r.b_base;
+  const uint32_t start = base + start_offset(p, j);
+  const uint32_t lbo = how == kSwapLboSbo ? p.sbo : p.lbo, sbo = how == kSwapLboSbo ? p.lbo : p.sbo;
+  const bool mn = how == kIgnoreTrans ? !p.mn_major : p.mn_major;
+  const uint32_t at = desc_relative_offset(start, lbo, sbo, p.swizzle_bytes, mn, idx, kl);
+  if (at + 2 > b.r.bytes) return false;
+  uint16_t bits;
+  std::memcpy(&bits, reinterpret_cast<const uint8_t*>(b.image.data()) + at, 2);
+  *v = b16_value(e, bits);
+  return true;
+}
+
+static void test_mn_discriminates() {
+  const int swizzles[4] = {0, 32, 64, 128};
+  const bool pairs[3][2] = {{true, true}, {true, false}, {false, true}};
+  std::string misplaced, overlapping, undetected_swap, undetected_trans;
+  int cases = 0;
+  for (int ei = 0; ei < 2; ++ei)
+    for (int si = 0; si < 4; ++si)
+      for (int pi = 0; pi < 3; ++pi)
+        for (int n = 64; n <= 128; n += 64)
+          for (int set = 0; set < 3; ++set) {
+            Case cs{ei == 0 ? kF16 : kBf16, n, swizzles[si], set, 1, 1, false};
+            cs.ta = pairs[pi][0];
+            cs.tb = pairs[pi][1];
+            const Built b = build(cs);
+            const std::string nm = case_name("", cs);
+            ++cases;
+            if (!b.layout_ok) overlapping += " [" + nm + "]";
+            const Operands& o = b.ops[0];
+            // The true reading finds every element's value (both operands, every wgmma).
+            bool placed = true;
+            for (int j = 0; j < b.nops; ++j)
+              for (int kl = 0; kl < 16; ++kl) {
+                double v = 0;
+                for (int m = 0; m < 64; ++m)
+                  placed = placed && read_as(b, cs.e, true, m, j, kl, kTrue, &v) && v == o.a[m * o.kt + 16 * j + kl];
+                for (int c = 0; c < n; ++c)
+                  placed = placed && read_as(b, cs.e, false, c, j, kl, kTrue, &v) && v == o.b[c * o.kt + 16 * j + kl];
+              }
+            if (!placed) misplaced += " [" + nm + "]";
+            // A device misreading the MN-major operand(s) (the K-major one read right) gets another D.
+            for (int how = kSwapLboSbo; how <= kIgnoreTrans; ++how) {
+              bool differs = false;
+              for (int m = 0; m < 64 && !differs; ++m)
+                for (int c = 0; c < n && !differs; ++c) {
+                  double d = 0, dm = 0;
+                  for (int j = 0; j < b.nops && !differs; ++j)
+                    for (int kl = 0; kl < 16; ++kl) {
+                      const int k = 16 * j + kl;
+                      double va = o.a[m * o.kt + k], vb = o.b[c * o.kt + k];
+                      d += va * vb;
+                      if (cs.ta && !read_as(b, cs.e, true, m, j, kl, static_cast<Misread>(how), &va)) differs = true;
+                      if (cs.tb && !read_as(b, cs.e, false, c, j, kl, static_cast<Misread>(how), &vb)) differs = true;
+                      dm += va * vb;
+                    }
+                  differs = differs || dm != d;  // reading outside the region counts as caught (fault / other data)
+                }
+              if (!differs) (how == kSwapLboSbo ? undetected_swap : undetected_trans) += " [" + nm + "]";
+            }
+          }
+  report(overlapping.empty() && misplaced.empty(),
+         "wgmma MN-major placements (" + std::to_string(cases) + " cases): no overlap, and start + the in-wgmma "
+         "layout finds every element",
+         (overlapping.empty() ? "" : "overlapping:" + overlapping) + (misplaced.empty() ? "" : " misplaced:" + misplaced));
+  report(undetected_swap.empty(),
+         "wgmma MN-major data: a device reading LBO and SBO exchanged would get another D in every case",
+         undetected_swap.empty() ? "" : "not detected:" + undetected_swap);
+  report(undetected_trans.empty(),
+         "wgmma MN-major data: a device ignoring imm-trans (reading K-major) would get another D in every case",
+         undetected_trans.empty() ? "" : "not detected:" + undetected_trans);
 }
 
 // Host only: the data sets tell mislaid layouts from the ISA's — a device that read the wrong K chunk,
@@ -636,6 +873,9 @@ int main() {
   run_type<__half>(kF16);
   run_type<__nv_bfloat16>(kBf16);
   run_type<float>(kTf32);
+  test_mn_discriminates();
+  run_mn_type<__half>(kF16);
+  run_mn_type<__nv_bfloat16>(kBf16);
 #if defined(FASTCONV_EMU)
   test_deferred_read();
   test_faults();
