@@ -241,8 +241,9 @@ _RULES: Dict[str, Dict[str, Rule]] = {
         "gemm1x1": _all(_dtype_rule(_CUDA_DTYPES), _kernel_rule("gemm1x1")),
         # Tensor-core implicit GEMM (csrc/cuda/conv2d_igemm_tc.cu): fprop, dgrad and wgrad.
         "implicit_gemm": _all(_tf32_dtype_rule(), _kernel_rule("implicit_gemm")),
-        # The Hopper engine (csrc/cuda/conv2d_igemm_sm90.cu: wgmma + TMA, sm_90a only): fprop and stride-1
-        # dgrad; never chosen by "auto" until it has run on a GPU (its backward runs on implicit_gemm).
+        # The Hopper engine (csrc/cuda/conv2d_igemm_sm90.cu: wgmma + TMA, sm_90a only): fprop, dgrad and
+        # (16-bit) wgrad; never chosen by "auto" until it has run on a GPU. A backward direction it cannot
+        # implement runs on implicit_gemm (direction_algo).
         "implicit_gemm_sm90": _all(_tf32_dtype_rule(), _kernel_rule("implicit_gemm_sm90")),
         # The same engine with one tile configuration forced (the kernel's rule chooses among these for
         # "implicit_gemm_sm90"); separate algorithms so that the autotuner and explain() see each.
@@ -251,7 +252,9 @@ _RULES: Dict[str, Dict[str, Rule]] = {
     },
 }
 
-# Algorithms with no dgrad/wgrad kernels yet: their backward runs on the named algorithm instead.
+# Algorithms whose dgrad/wgrad kernels do not cover every problem their fprop does: a backward
+# direction they cannot implement runs on the named algorithm instead (the Hopper engine: no float32
+# wgrad, no strided dgrad with dilation; see direction_algo). Double backward always runs on it.
 _BACKWARD_FALLBACK: Dict[str, Dict[str, str]] = {
     "cuda": {"implicit_gemm_sm90": "implicit_gemm", **{f"implicit_gemm_sm90_{t}": "implicit_gemm" for t in _SM90_TILES}}}
 
@@ -262,6 +265,21 @@ def backward_algo(algo: str, device_type: str) -> str:
     if device_type == _ext.EMU_DEVICE:
         device_type = "cuda"
     return _BACKWARD_FALLBACK.get(device_type, {}).get(algo, algo)
+
+
+def direction_algo(algo: str, direction: int, x: torch.Tensor, w: torch.Tensor, stride, padding, dilation,
+                   groups: int) -> str:
+    """The algorithm that runs backward direction `direction` (1 dgrad, 2 wgrad) of the conv of x and w
+    whose forward ran `algo`: `algo` itself where its kernels implement that direction for these
+    tensors, else its backward fallback (algo itself for algorithms without one)."""
+    fallback = backward_algo(algo, x.device.type)
+    if fallback == algo:
+        return algo
+    if torch.compiler.is_compiling():
+        return fallback  # sizes may be symbolic: the fallback implements every direction
+    problem = ConvProblem.from_tensors(x, w, stride, padding, dilation, groups)
+    answer = kernel_query(algo, problem, direction) if why_not(algo, problem) is None else (False, "", 0)
+    return algo if answer is not None and answer[0] else fallback
 
 
 def _device_type(device: Union[str, torch.device, None]) -> str:

@@ -39,20 +39,24 @@ def _register(name, backward, setup_context):
 # ---- conv2d ------------------------------------------------------------------------------------
 def _conv_setup(ctx, inputs, output):
     x, w, bias, stride, padding, dilation, groups, algo = inputs
-    algo = backward_algo(algo, x.device.type)
     ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
-    ctx.params = (stride, padding, dilation, groups, algo)
+    ctx.params = (stride, padding, dilation, groups)
+    # Each direction on the forward's algorithm where its kernels implement it, else its fallback.
+    px, pw = plain(x), plain(w)
+    ctx.algos = (algorithms.direction_algo(algo, 1, px, pw, stride, padding, dilation, groups),
+                 algorithms.direction_algo(algo, 2, px, pw, stride, padding, dilation, groups))
     ctx.x_shape, ctx.w_shape = x.shape, w.shape
 
 
 def _conv_backward(ctx, gy):
     x, w = ctx.saved_tensors
-    stride, padding, dilation, groups, algo = ctx.params
+    stride, padding, dilation, groups = ctx.params
+    dgrad_algo, wgrad_algo = ctx.algos
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gx = call("conv2d_dgrad", gy, w, list(ctx.x_shape), stride, padding, dilation, groups, algo)
+        gx = call("conv2d_dgrad", gy, w, list(ctx.x_shape), stride, padding, dilation, groups, dgrad_algo)
     if ctx.needs_input_grad[1]:
-        gw = call("conv2d_wgrad", gy, x, list(ctx.w_shape), stride, padding, dilation, groups, algo)
+        gw = call("conv2d_wgrad", gy, x, list(ctx.w_shape), stride, padding, dilation, groups, wgrad_algo)
     if ctx.needs_input_grad[2]:
         gb = gy.sum((0, 2, 3))
     return gx, gw, gb, None, None, None, None, None
@@ -640,7 +644,9 @@ def _conv_bn_train_setup(ctx, inputs, output):
     need_x, need_w = ctx.needs_input_grad[:2]
     ctx.save_for_backward(x if need_w else None, w if need_x else None, conv_out, out if relu else None, bn_w,
                           mean, invstd)
-    ctx.params = (stride, padding, dilation, groups, backward_algo(algo, x.device.type))
+    ctx.params = (stride, padding, dilation, groups)
+    ctx.algos = (algorithms.direction_algo(algo, 1, x, w, stride, padding, dilation, groups),
+                 algorithms.direction_algo(algo, 2, x, w, stride, padding, dilation, groups))
     ctx.x_shape, ctx.w_shape = x.shape, w.shape
     ctx.relu, ctx.eps = relu, eps
     ctx.param_shapes = _shapes(bn_w, bn_b)
@@ -667,12 +673,13 @@ def _conv_bn_train_backward(ctx, g_out, g_conv, _gm, _gi, _gv):
         gc = g_conv if gc is None else gc + g_conv
     gx = gw = None
     if need_conv and gc is not None:
-        stride, padding, dilation, groups, balgo = ctx.params
+        stride, padding, dilation, groups = ctx.params
+        dgrad_algo, wgrad_algo = ctx.algos
         gc = gc.to(conv.dtype)
         if need_x:
-            gx = call("conv2d_dgrad", gc, w, list(ctx.x_shape), stride, padding, dilation, groups, balgo)
+            gx = call("conv2d_dgrad", gc, w, list(ctx.x_shape), stride, padding, dilation, groups, dgrad_algo)
         if need_w:
-            gw = call("conv2d_wgrad", gc, x, list(ctx.w_shape), stride, padding, dilation, groups, balgo)
+            gw = call("conv2d_wgrad", gc, x, list(ctx.w_shape), stride, padding, dilation, groups, wgrad_algo)
     return gx, gw, gbw, gbb, None, None, None, None, None, None, None
 
 

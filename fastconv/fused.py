@@ -65,11 +65,13 @@ def _backward(ctx, g):
     g_x = g_w = None
     if need_x or need_w:
         gc = g if scale is None else (g * scale.view(1, -1, 1, 1)).to(g.dtype)
-        balgo = algorithms.backward_algo(algo, x.device.type)
+        px, pw = _autograd.plain(x), _autograd.plain(w)
         if need_x:
-            g_x = call("conv2d_dgrad", gc, w, list(ctx.x_shape), stride, padding, dilation, groups, balgo)
+            dalgo = algorithms.direction_algo(algo, 1, px, pw, stride, padding, dilation, groups)
+            g_x = call("conv2d_dgrad", gc, w, list(ctx.x_shape), stride, padding, dilation, groups, dalgo)
         if need_w:
-            g_w = call("conv2d_wgrad", gc, x, list(ctx.w_shape), stride, padding, dilation, groups, balgo)
+            walgo = algorithms.direction_algo(algo, 2, px, pw, stride, padding, dilation, groups)
+            g_w = call("conv2d_wgrad", gc, x, list(ctx.w_shape), stride, padding, dilation, groups, walgo)
     return g_x, g_w, g_scale, g_bias, g_res, None, None, None, None, None, None
 
 

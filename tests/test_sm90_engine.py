@@ -6,10 +6,11 @@ Every layer class of ResNet-50 and GoogLeNet at a small batch (1x1 reduce/expand
 padding/dilation, groups, the split-K configuration (batch 1, 7x7); float16 and bfloat16 (judged by the
 tolerance table of tests/helpers.py: within 2x torch's own error at that precision), float32 on TF32
 (only with fastconv.backends.allow_tf32; judged against float64 with TF32's error bound); fprop, the
-fused epilogue, dgrad (stride 1 on the flipped filter, strided by residue classes), and training
-through autograd (backward on implicit_gemm). Refusals:
-C = 3, float32 without TF32, an sm_80 device, wgrad, strided dgrad with dilation; "auto" never picks
-the engine.
+fused epilogue, dgrad (stride 1 on the flipped filter, strided by residue classes), wgrad (16-bit:
+MN-major wgmma operands, split-K), and training through autograd (each backward direction on the
+engine where it implements it, else on implicit_gemm). Refusals: C = 3, float32 without TF32, an sm_80
+device, float32 wgrad, wgrad with K not a multiple of 8, strided dgrad with dilation; "auto" never
+picks the engine.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def _cl(t):
 def test_fprop_and_training_match_torch(case, dtype):
     _, xs, ws, stride, padding, dilation, groups = case
     x, w, b = _inputs([xs, ws, (ws[0],)], seed=len(case[0]))
-    # Forward on the engine, backward (autograd) on implicit_gemm: output and both gradients judged.
+    # Forward and both backward directions on the engine (16-bit): output and gradients judged.
+    xt = _cl(x).to(CUDA_DEVICE, dtype)
+    wt = _cl(w).to(CUDA_DEVICE, dtype)
+    assert algorithms.direction_algo(ALGO, 2, xt, wt, [stride] * 2, [padding] * 2, [dilation] * 2, groups) == ALGO
     judge_against_torch(
         lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups, algo=ALGO),
         lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
@@ -149,12 +153,16 @@ def test_refusals_name_the_reason():
     x, w = _inputs([(1, 3, 8, 8), (16, 3, 3, 3)])
     with pytest.raises(NotImplementedError, match="16 bytes"):
         FF.conv2d(_cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE), None, 1, 1, algo=ALGO)
-    # wgrad is not on this path; stride-2 dgrad is not either.
+    # wgrad: float32 has no MN-major TF32 wgmma; dy rows need 16-byte strides (K a multiple of 8).
     x, w = _inputs([(1, 16, 8, 8), (16, 16, 3, 3)])
     xd, wd = _cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE)
     y = ops.conv2d(xd, wd, None, [2, 2], [1, 1], [1, 1], 1, ALGO)
-    with pytest.raises(NotImplementedError, match=ALGO):
-        ops.conv2d_wgrad(y, xd, list(w.shape), [2, 2], [1, 1], [1, 1], 1, ALGO)
+    with backends.flags(allow_tf32=True):
+        with pytest.raises(NotImplementedError, match="wgrad float16/bfloat16"):
+            ops.conv2d_wgrad(y.float(), xd.float(), list(w.shape), [2, 2], [1, 1], [1, 1], 1, ALGO)
+    y12 = _cl(torch.randn(1, 12, 4, 4, dtype=torch.float16)).to(CUDA_DEVICE)
+    with pytest.raises(NotImplementedError, match="K a multiple of 8"):
+        ops.conv2d_wgrad(y12, xd, [12, 16, 3, 3], [2, 2], [1, 1], [1, 1], 1, ALGO)
     # A strided dgrad runs by residue classes, but only with dilation 1.
     y2 = ops.conv2d(xd, wd, None, [2, 2], [2, 2], [2, 2], 1, ALGO)
     with pytest.raises(NotImplementedError, match="dilation 1"):
@@ -221,3 +229,81 @@ def test_forced_splitk_needs_its_workspace():
         fastconv._ext.set_workspace_limit(old)
     ref = F.conv2d(x.half().double(), w.half().double(), None, 1, 1)
     assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max())
+
+
+WGRAD_CASES = [CASES[0], CASES[2], CASES[3], CASES[4], CASES[5], CASES[6], CASES[7], CASES[8],
+               ("groups2_crossing_chunks", (2, 32, 6, 6), (16, 16, 3, 3), 1, 1, 1, 2),
+               ("long_k_split", (4, 16, 16, 16), (16, 16, 1, 1), 1, 0, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", WGRAD_CASES, ids=[c[0] for c in WGRAD_CASES])
+def test_wgrad_op(case, dtype):
+    # dw = dy^T · im2col(x) on MN-major wgmma operands; K slices by the rule (long_k_split: 16 k-iterations).
+    _, xs, ws, stride, padding, dilation, groups = case
+    x, w = _inputs([xs, ws], seed=13)
+    dy = torch.randn_like(F.conv2d(x, w, None, stride, padding, dilation, groups))
+
+    def ours(dy, x):
+        return ops.conv2d_wgrad(dy, x, list(ws), [stride] * 2, [padding] * 2, [dilation] * 2, groups, ALGO)
+
+    def ref(dy, x):
+        return torch.nn.grad.conv2d_weight(x, list(ws), dy, stride, padding, dilation, groups)
+
+    judge_against_torch(ours, ref, [_cl(dy), _cl(x)], dtype, CUDA_DEVICE, what=f"wgrad {case[0]} {dtype}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_wgrad_forced_tiles(variant):
+    # Odd K = 40 and C = 24 (tails in both tile dimensions), 3 k-iterations of 64 pixels (split-K: 2+).
+    xs, ws, stride, padding, dilation, groups = (3, 24, 7, 7), (40, 24, 3, 3), 1, 1, 1, 1
+    x, w = _inputs([xs, ws], seed=19)
+    dy = torch.randn_like(F.conv2d(x, w, None, stride, padding, dilation, groups))
+    judge_against_torch(
+        lambda dy, x: ops.conv2d_wgrad(dy, x, list(ws), [stride] * 2, [padding] * 2, [dilation] * 2, groups, variant),
+        lambda dy, x: torch.nn.grad.conv2d_weight(x, list(ws), dy, stride, padding, dilation, groups),
+        [_cl(dy), _cl(x)], torch.float16, CUDA_DEVICE, what=f"wgrad {variant}")
+
+
+def test_wgrad_split_needs_its_workspace():
+    # 4 x 16 x 16 pixels (16 k-iterations of 64), 1x1 16 -> 16: the rule takes 2 K slices of FP32 partials
+    # (2 x 1 KiB) when they fit; under a 256-byte limit it runs unsplit (still right), while the forced
+    # split-K refuses naming the workspace.
+    x, w = _inputs([(4, 16, 16, 16), (16, 16, 1, 1)], seed=23)
+    dy = torch.randn(4, 16, 16, 16, dtype=torch.float64)
+    p = algorithms.ConvProblem(4, 16, 16, 16, 16, 1, 1, (1, 1), (0, 0), (1, 1), 1, torch.float16, "cuda", True, None,
+                               EMULATED)
+    assert algorithms.kernel_query(ALGO, p, 2)[2] >= 2 * 16 * 16 * 4
+    assert algorithms.kernel_query(ALGO, p, 2, 256)[2] == 0
+    xd, dyd = _cl(x.half()).to(CUDA_DEVICE), _cl(dy.half()).to(CUDA_DEVICE)
+    old = fastconv._ext.cuda_binding(EMULATED).workspace_limit()
+    fastconv._ext.set_workspace_limit(256)
+    try:
+        with pytest.raises(NotImplementedError, match="workspace"):
+            ops.conv2d_wgrad(dyd, xd, [16, 16, 1, 1], [1, 1], [0, 0], [1, 1], 1, "implicit_gemm_sm90_splitk")
+        out = ops.conv2d_wgrad(dyd, xd, [16, 16, 1, 1], [1, 1], [0, 0], [1, 1], 1, ALGO).cpu().double()
+    finally:
+        fastconv._ext.set_workspace_limit(old)
+    ref = torch.nn.grad.conv2d_weight(x.half().double(), [16, 16, 1, 1], dy.half().double())
+    assert float((out - ref).abs().max()) < 0.02 * float(ref.abs().max())
+
+
+def test_backward_directions_fall_back_where_the_engine_cannot():
+    x, w = _inputs([(1, 16, 8, 8), (16, 16, 3, 3)])
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    with backends.flags(allow_tf32=True):
+        xf, wf = _cl(x.float()).to(CUDA_DEVICE), _cl(w.float()).to(CUDA_DEVICE)
+        # float32 (TF32): dgrad on the engine, wgrad on implicit_gemm's TF32 kernels.
+        assert algorithms.direction_algo(ALGO, 1, xf, wf, *args) == ALGO
+        assert algorithms.direction_algo(ALGO, 2, xf, wf, *args) == "implicit_gemm"
+        # ... and training through autograd still matches torch within TF32's bound.
+        xr, wr = xf.clone().requires_grad_(), wf.clone().requires_grad_()
+        FF.conv2d(xr, wr, None, 1, 1, algo=ALGO).sum().backward()
+    xs, ws_ = x.clone().requires_grad_(), w.clone().requires_grad_()
+    F.conv2d(xs, ws_, None, 1, 1).sum().backward()
+    for got, want in ((xr.grad, xs.grad), (wr.grad, ws_.grad)):
+        assert float((got.cpu().double() - want).abs().max()) < 2.0 ** -8 * float(want.abs().max()) * 16
+    # A strided dgrad with dilation: implicit_gemm; its wgrad stays on the engine.
+    xh, wh = _cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE)
+    assert algorithms.direction_algo(ALGO, 1, xh, wh, [2, 2], [2, 2], [2, 2], 1) == "implicit_gemm"
+    assert algorithms.direction_algo(ALGO, 2, xh, wh, [2, 2], [2, 2], [2, 2], 1) == ALGO

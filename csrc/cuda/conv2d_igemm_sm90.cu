@@ -38,13 +38,24 @@
 // dgrad (stride > 1, dilation 1): by residue classes (dgrad_classes): each of the sh·sw classes of dx
 // pixels is a stride-1 fprop of dy with its own flipped sub-filter (class_filter_kernel), asymmetric
 // window corners, and output rows remapped into dx (Sm90Params::o_*); no zero taps, so none of the
-// predicated gather's stride² wasted MMAs. wgrad is not implemented on this path.
+// predicated gather's stride² wasted MMAs.
+// wgrad (f16/bf16; kWgrad): per group, GEMM M = Kg filters, N = R·S·CCw·64 filter columns (tap rs, chunk
+// cc of 64 channels; columns past Cg are computed and not stored), K = N·P·Q pixels in k-iterations of
+// 64: dw[f][rs][c] = Σ_pix dy[pix][g·Kg + f] · x_im2col[pix][rs][g·Cg + c]. The producer loads A = dy by a
+// tiled TMA (dy as [N·P·Q][K], boxes of 64 pixels x 64 filters: BM/64 per stage) and B = x by TMA im2col
+// (the fprop's A load with 64 pixels per box: BN/64 chunks per stage), so both stage tiles have pixel
+// rows — MN-major operands, read by wgmma with imm-trans 1 (SW128 MN-major: SBO = 1024 per 8 pixel rows,
+// LBO = 8 KB per 64 columns); the ISA has no transposed tf32, so float wgrad is refused. K is long and
+// M·N small, so split-K is the norm (make_wgrad_plan): FP32 partials per slice and the same fixed-order
+// splitk_reduce_kernel.
 //
 // can_implement: a CC 9.0 device (the sm_90a code runs nowhere else), NHWC x (channel stride 1, pixel
 // strides multiples of 16 bytes), dense KRSC w, dense NPQK y, C·elem and Cg·elem multiples of 16 bytes
 // (TMA strides), groups == 1 or Cg a multiple of BK (a channel chunk must not reach the next group),
-// 16-byte aligned x and w, TMA im2col limits (corners and offsets, below), every index below 2^31.
+// 16-byte aligned x and w, TMA im2col limits (corners and offsets, below), every index below 2^31; for
+// wgrad 16-bit elements and K·elem a multiple of 16 bytes (dy's TMA row stride), groups unrestricted.
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "common.cuh"
@@ -68,6 +79,10 @@ struct Sm90Config {
   static constexpr int kStepBytes = 32;                  // K bytes per wgmma (k16 x 2 B, k8 x 4 B)
   static constexpr int kSteps = kRowBytes / kStepBytes;  // wgmma per stage per consumer
   static constexpr int kTileABytes = kBM * kRowBytes, kTileBBytes = kBN * kRowBytes;
+  // wgrad: a stage is kRowBytes / 2 = 64 pixels (the GEMM's K) of BM filters and BN filter columns, as
+  // sub-tiles of 64 pixel rows x 128 bytes (64 channels); a wgmma's 16 pixels are 16 rows.
+  static constexpr int kSubTileBytes = 64 * kRowBytes;
+  static constexpr int kWgradStepBytes = 16 * kRowBytes;
   static constexpr int kStageBytes = kTileABytes + kTileBBytes;
   static constexpr int kAlign = 1024;                    // the 128-byte swizzle's pattern repeat
   static constexpr int kBarrierBytes = 2 * kStages * 8;
@@ -120,6 +135,11 @@ struct Sm90Params {
   // K, 0); rows with p >= Pv or q >= Qv are not stored (strided dgrad's residue classes, below).
   int64_t o_n, o_p, o_q, o_base;
   int Pv, Qv;
+  // wgrad (GEMM M = Kg filters, N = R·S·chunks·64 filter columns, K = N·P·Q pixels): RS = R·S taps,
+  // `chunks` 64-channel chunks per tap, Cg channels, k_iters of 64 pixels; dw row length RS·Cg,
+  // partial_total = K·R·S·Cg (one split's partials).
+  int RS, NPQ;
+  int64_t partial_total;
 };
 
 template <typename Cfg>
@@ -135,7 +155,10 @@ __device__ __forceinline__ void decode_tile(int t, int m_tiles, int n_tiles, int
 
 // ---- the kernel ---------------------------------------------------------------------------------------------
 
-template <typename Cfg, typename T, bool kSplitK>
+// kWgrad: dw = dy^T · im2col(x) on the same ring and roles: A = dy by a tiled TMA (M-major: rows are
+// pixels, 128 bytes of filters each), B = x by TMA im2col (N-major: rows are pixels, 64 channels of one
+// tap), both read by wgmma as MN-major operands (imm-trans 1, f16/bf16 only); tmap_w is dy's map.
+template <typename Cfg, typename T, bool kSplitK, bool kWgrad>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     igemm_sm90_kernel(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w,
                       const Sm90Params<T> p) {
@@ -172,10 +195,37 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       int mt, nt, g, split;
       decode_tile<Cfg>(t, p.m_tiles, p.n_tiles, p.groups, mt, nt, g, split);
+      const int kb = split * p.iters_per_split, ke = min(p.k_iters, kb + p.iters_per_split);
+      if constexpr (kWgrad) {
+        constexpr int kSub = Cfg::kRowBytes / int(sizeof(T));  // 64 channels / filters / pixels
+        for (int kit = kb; kit < ke; ++kit) {
+          const int pix = kit * kSub, n_img = pix / p.PQ, pq = pix % p.PQ;
+          const int corner_h = (pq / p.Q) * p.stride_h - p.pad_h, corner_w = (pq % p.Q) * p.stride_w - p.pad_w;
+          // B chunks past the last tap are not loaded (their columns are not stored).
+          const int chunk0 = nt * (Cfg::kBN / kSub);
+          const int b_chunks = max(0, min(Cfg::kBN / kSub, p.RS * p.chunks - chunk0));
+          mbarrier_wait_parity(empty(stage), phase ^ 1u);
+          mbarrier_arrive_expect_tx(full(stage), Cfg::kTileABytes + b_chunks * Cfg::kSubTileBytes);
+#pragma unroll
+          for (int j = 0; j < Cfg::kBM / kSub; ++j)
+            tma_load_tile_3d(stage_a(stage) + j * Cfg::kSubTileBytes, &tmap_w, full(stage),
+                             g * p.Kg + mt * Cfg::kBM + j * kSub, pix, 0);
+          for (int j = 0; j < b_chunks; ++j) {
+            const int rs = (chunk0 + j) / p.chunks, cc = (chunk0 + j) % p.chunks;
+            tma_load_im2col_4d(stage_b(stage) + j * Cfg::kSubTileBytes, &tmap_x, full(stage), g * p.Cg + cc * kSub,
+                               corner_w, corner_h, n_img, static_cast<uint16_t>((rs % p.S) * p.dil_w),
+                               static_cast<uint16_t>((rs / p.S) * p.dil_h));
+          }
+          if (++stage == Cfg::kStages) {
+            stage = 0;
+            phase ^= 1u;
+          }
+        }
+        continue;
+      }
       const int m0 = mt * Cfg::kBM;
       const int n_img = m0 / p.PQ, pq = m0 % p.PQ;
       const int corner_h = (pq / p.Q) * p.stride_h - p.pad_h, corner_w = (pq % p.Q) * p.stride_w - p.pad_w;
-      const int kb = split * p.iters_per_split, ke = min(p.k_iters, kb + p.iters_per_split);
       for (int kit = kb; kit < ke; ++kit) {
         const int rs = kit / p.chunks, cc = kit % p.chunks;
         const int r = rs / p.S, s = rs % p.S;
@@ -215,9 +265,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const unsigned int b = stage_b(stage);
 #pragma unroll
       for (int k = 0; k < Cfg::kSteps; ++k) {
-        const uint64_t da = make_smem_desc(a + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
-        const uint64_t db = make_smem_desc(b + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
-        wgmma_ss<T, Cfg::kBN>(acc, da, db, kit > kb || k > 0);
+        if constexpr (kWgrad) {
+          // MN-major SW128: 8 K (pixel) rows of 128 bytes per atom, the next 8 rows at SBO = 1024, the next
+          // 64 columns (B's second chunk) at LBO = one sub-tile; 16 pixel rows per wgmma.
+          const uint64_t da = make_smem_desc(a + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
+                                             SmemSwizzle::k128B);
+          const uint64_t db = make_smem_desc(b + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
+                                             SmemSwizzle::k128B);
+          wgmma_ss<T, Cfg::kBN, true, true>(acc, da, db, kit > kb || k > 0);
+        } else {
+          const uint64_t da = make_smem_desc(a + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
+          const uint64_t db = make_smem_desc(b + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
+          wgmma_ss<T, Cfg::kBN>(acc, da, db, kit > kb || k > 0);
+        }
       }
       wgmma_commit_group();
       // The previous stage's MMAs are complete once at most this group is in flight.
@@ -233,6 +293,39 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if (prev >= 0) mbarrier_arrive(empty(prev));
 
     // ---- epilogue ----
+    if constexpr (kWgrad) {
+      // D[filter][column]: column n = 64·chunk + channel-in-chunk, chunk = tap·chunks + cc; dw is KRSC.
+      constexpr int kSub = Cfg::kRowBytes / int(sizeof(T));
+      const int f0 = mt * Cfg::kBM + consumer * 64 + warp * 16 + lane / 4;
+      const int64_t row_len = int64_t(p.RS) * p.Cg;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int f = f0 + 8 * half;
+        if (f >= p.Kg) continue;
+        const int64_t row_off = int64_t(g * p.Kg + f) * row_len;
+#pragma unroll
+        for (int i = 0; i < Cfg::kBN / 8; ++i) {
+          const int n = nt * Cfg::kBN + 8 * i + 2 * (lane % 4);
+          const int chunk = n / kSub, rs = chunk / p.chunks, c = (chunk % p.chunks) * kSub + n % kSub;
+          if (rs >= p.RS) continue;
+          const int64_t off = row_off + int64_t(rs) * p.Cg + c;
+          const float v0 = acc[4 * i + 2 * half], v1 = acc[4 * i + 2 * half + 1];
+          if constexpr (kSplitK) {
+            float* dst = p.partial + int64_t(split) * p.partial_total + off;
+            if (c < p.Cg) dst[0] = v0;
+            if (c + 1 < p.Cg) dst[1] = v1;
+          } else {
+            if (p.vec_store && c + 1 < p.Cg) {
+              p.epi.store2(p.out, off, 0, v0, v1);
+              continue;
+            }
+            if (c < p.Cg) p.epi.store(p.out, off, 0, v0);
+            if (c + 1 < p.Cg) p.epi.store(p.out, off + 1, 0, v1);
+          }
+        }
+      }
+      continue;
+    }
     const int row0 = mt * Cfg::kBM + consumer * 64 + warp * 16 + lane / 4;
     const int col_base = nt * Cfg::kBN + 2 * (lane % 4);
 #pragma unroll
@@ -340,27 +433,50 @@ bool sm90_device(int* sms) {
   return major == 9 && minor == 0;
 }
 
-// The fprop geometry this path can run (dgrad passes its equivalent fprop).
-bool fprop_geometry_ok(const Conv2dShape& s, int elem_bytes) {
+// x as a TMA im2col source (fprop's A, wgrad's B): channel stride 1, 16-byte row strides, the window
+// corners lower = −pad, upper = pad − (R−1)·dil in [−128, 127], offsets r·dil < 256, traversal strides 1..8.
+bool im2col_geometry_ok(const Conv2dShape& s, int elem_bytes) {
   if (!s.valid() || s.N <= 0 || s.P <= 0 || s.Q <= 0) return false;
-  if (elem_bytes != 2 && elem_bytes != 4) return false;
-  const int64_t bk = 128 / elem_bytes;
-  if (s.x.c != 1 || !same_strides(s.w, channels_last_strides(s.Cg(), s.R, s.S)) ||
-      !same_strides(s.y, channels_last_strides(s.K, s.P, s.Q)))
-    return false;
-  if ((s.C * elem_bytes) % 16 != 0 || (s.Cg() * elem_bytes) % 16 != 0) return false;
+  if (s.x.c != 1 || (s.C * elem_bytes) % 16 != 0) return false;
   if ((s.x.w * elem_bytes) % 16 != 0 || (s.x.h * elem_bytes) % 16 != 0 || (s.x.n * elem_bytes) % 16 != 0) return false;
-  if (s.groups > 1 && s.Cg() % bk != 0) return false;
-  // im2col corners: lower = −pad, upper = pad − (R−1)·dil; offsets r·dil < 256; traversal strides 1..8.
   const int64_t corners[] = {-s.pad_h, -s.pad_w, s.pad_h - (s.R - 1) * s.dil_h, s.pad_w - (s.S - 1) * s.dil_w};
   for (int64_t c : corners)
     if (c < kIm2colCornerMin || c > kIm2colCornerMax) return false;
   if ((s.R - 1) * s.dil_h > kIm2colOffsetMax || (s.S - 1) * s.dil_w > kIm2colOffsetMax) return false;
   if (s.stride_h > 8 || s.stride_w > 8) return false;
-  const int64_t limits[] = {s.fprop_m(), s.K, s.C, s.H, s.W, s.N, s.R * s.S * ceil_div64(s.Cg(), bk) * 128};
+  const int64_t limits[] = {s.fprop_m(), s.K, s.C, s.H, s.W, s.N};
   for (int64_t v : limits)
     if (v >= kSm90IndexLimit) return false;
   return s.x.n * s.N < (int64_t(1) << 40);
+}
+
+// The fprop geometry this path can run (dgrad passes its equivalent fprop).
+bool fprop_geometry_ok(const Conv2dShape& s, int elem_bytes) {
+  if (elem_bytes != 2 && elem_bytes != 4) return false;
+  if (!im2col_geometry_ok(s, elem_bytes)) return false;
+  const int64_t bk = 128 / elem_bytes;
+  if (!same_strides(s.w, channels_last_strides(s.Cg(), s.R, s.S)) ||
+      !same_strides(s.y, channels_last_strides(s.K, s.P, s.Q)))
+    return false;
+  if ((s.Cg() * elem_bytes) % 16 != 0) return false;
+  if (s.groups > 1 && s.Cg() % bk != 0) return false;  // a channel chunk must not reach the next group
+  return s.R * s.S * ceil_div64(s.Cg(), bk) * 128 < kSm90IndexLimit;
+}
+
+// wgrad: 16-bit only (the ISA has no MN-major tf32 wgmma), dy dense NPQK as a tiled TMA source (K·elem a
+// multiple of 16 bytes), dw dense KRSC. Channel chunks and filter boxes may run into the next group:
+// those rows and columns are not stored.
+bool wgrad_geometry_ok(const Conv2dShape& s, int elem_bytes) {
+  if (elem_bytes != 2 || !im2col_geometry_ok(s, elem_bytes)) return false;
+  if (!same_strides(s.w, channels_last_strides(s.Cg(), s.R, s.S)) ||
+      !same_strides(s.y, channels_last_strides(s.K, s.P, s.Q)))
+    return false;
+  if ((s.K * elem_bytes) % 16 != 0) return false;
+  const int64_t limits[] = {s.K * s.R * s.S * s.Cg(), s.R * s.S * ceil_div64(s.Cg(), 64) * 64 + 128,
+                            s.fprop_m() + 64};
+  for (int64_t v : limits)
+    if (v >= kSm90IndexLimit) return false;
+  return true;
 }
 
 struct Sm90Plan {
@@ -400,6 +516,44 @@ Sm90Plan make_plan(const Conv2dShape& s, int elem_bytes, Sm90Tile tile) {
 }
 
 size_t align_ws(size_t b) { return (b + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+
+// wgrad: GEMM M = Kg filters, N = R·S·chunks·64 columns, K = N·P·Q pixels in k-iterations of 64. The MN
+// tiles are few (a 3x3, 64-filter layer has 5 of 128 x 128) and K is long, so split-K is the rule's
+// norm: slices until the tiles fill the SMs, >= 8 k-iterations each, at most kWgradMaxSplits, and only
+// as many as the workspace holds (`ws_limit`; one slice = no partials). kSplitK forces >= 2 slices of the
+// 64 x 64 tile whatever the workspace (the launcher refuses when they do not fit).
+constexpr int64_t kWgradMaxSplits = 64;
+constexpr int64_t kWgradChunk = 64;  // channels per B chunk, pixels per k-iteration (128 bytes of 16-bit)
+
+size_t wgrad_split_bytes(const Conv2dShape& s) { return size_t(s.K) * size_t(s.R * s.S * s.Cg()) * sizeof(float); }
+
+Sm90Plan make_wgrad_plan(const Conv2dShape& s, Sm90Tile tile, size_t ws_limit) {
+  Sm90Plan plan{};
+  const int64_t Kg = s.Kg(), cols = s.R * s.S * ceil_div64(s.Cg(), kWgradChunk) * kWgradChunk;
+  plan.k_iters = ceil_div64(s.fprop_m(), kWgradChunk);
+  plan.large = tile == Sm90Tile::kLarge || (tile == Sm90Tile::kAuto && Kg >= Sm90Large::kBM && cols >= Sm90Large::kBN);
+  const int bm = plan.large ? Sm90Large::kBM : Sm90Small::kBM, bn = plan.large ? Sm90Large::kBN : Sm90Small::kBN;
+  plan.m_tiles = ceil_div64(Kg, bm);
+  plan.n_tiles = ceil_div64(cols, bn);
+  const int64_t mn = plan.m_tiles * plan.n_tiles * s.groups;
+  int64_t splits = ceil_div64(kSm90LargeMinTiles, mn);
+  splits = std::min<int64_t>({splits, std::max<int64_t>(1, plan.k_iters / kSplitKMinIters), kWgradMaxSplits});
+  if (tile == Sm90Tile::kSplitK) {
+    splits = std::max<int64_t>(splits, 2);
+  } else {
+    int64_t fit = int64_t(ws_limit / wgrad_split_bytes(s));
+    while (fit > 0 && align_ws(size_t(fit) * wgrad_split_bytes(s)) > ws_limit) --fit;
+    if (splits > 1 && fit < splits) splits = fit >= 2 ? fit : 1;
+  }
+  splits = std::max<int64_t>(1, std::min(splits, plan.k_iters));
+  plan.iters_per_split = ceil_div64(plan.k_iters, splits);
+  plan.splits = ceil_div64(plan.k_iters, plan.iters_per_split);  // no empty slice
+  return plan;
+}
+
+size_t wgrad_partial_bytes(const Conv2dShape& s, const Sm90Plan& plan) {
+  return plan.splits > 1 ? align_ws(size_t(plan.splits) * wgrad_split_bytes(s)) : 0;
+}
 size_t splitk_bytes(const Conv2dShape& s, const Sm90Plan& plan) {
   return plan.splits > 1 ? align_ws(size_t(plan.splits) * size_t(s.fprop_m()) * size_t(s.K) * sizeof(float)) : 0;
 }
@@ -490,16 +644,58 @@ size_t class_filter_bytes(const Conv2dShape& s, int elem_bytes) {
   return align_ws((size_t(s.K) * size_t(s.R * s.S * s.Cg()) + 8 * 64) * size_t(elem_bytes));
 }
 
-template <typename Cfg, typename T, bool kSplitK>
+template <typename Cfg, typename T, bool kSplitK, bool kWgrad = false>
 cudaError_t launch_cfg(const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p, int sms,
                        cudaStream_t stream) {
-  const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK>;
+  const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int per_sm = std::max(1, (227 * 1024) / Cfg::kSmemBytes);
   const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(p.tiles, int64_t(sms) * per_sm));
   FC_LAUNCH(dim3(grid), Cfg::kThreads, Cfg::kSmemBytes, stream, kernel)(tx, tw, p);
   return launch_status();
+}
+
+// The conv geometry and the plan's tiling in the kernel's parameters (fprop and wgrad alike; `chunk`:
+// channels per k-iteration chunk); false when the tile count does not fit an int.
+template <typename T>
+bool set_geometry(const Conv2dShape& s, const Sm90Plan& plan, int chunk, Sm90Params<T>* p) {
+  p->Kg = int(s.Kg());
+  p->K = int(s.K);
+  p->Cg = int(s.Cg());
+  p->PQ = int(s.P * s.Q);
+  p->Q = int(s.Q);
+  p->S = int(s.S);
+  p->pad_h = int(s.pad_h);
+  p->pad_w = int(s.pad_w);
+  p->stride_h = int(s.stride_h);
+  p->stride_w = int(s.stride_w);
+  p->dil_h = int(s.dil_h);
+  p->dil_w = int(s.dil_w);
+  p->chunks = int(ceil_div64(s.Cg(), chunk));
+  p->k_iters = int(plan.k_iters);
+  p->m_tiles = int(plan.m_tiles);
+  p->n_tiles = int(plan.n_tiles);
+  p->groups = int(s.groups);
+  p->splits = int(plan.splits);
+  p->iters_per_split = int(plan.iters_per_split);
+  const int64_t tiles = plan.m_tiles * plan.n_tiles * s.groups * plan.splits;
+  p->tiles = int(tiles);
+  return tiles < kSm90IndexLimit;
+}
+
+// x's im2col map: `pixels` output pixels (a column of the im2col matrix) x 128 bytes of channels per box,
+// window corners from the padding (or a residue class's remap), traversal strides = the conv's strides.
+template <typename T>
+cudaError_t encode_x_im2col(const Conv2dShape& s, const T* x, uint32_t pixels, const Sm90Remap* rm, CUtensorMap* tx) {
+  const uint64_t dims[4] = {uint64_t(s.C), uint64_t(s.W), uint64_t(s.H), uint64_t(s.N)};
+  const uint64_t strides[3] = {uint64_t(s.x.w) * sizeof(T), uint64_t(s.x.h) * sizeof(T), uint64_t(s.x.n) * sizeof(T)};
+  const int lower[2] = {int(-s.pad_w), int(-s.pad_h)};
+  const int upper[2] = {rm ? rm->upper_w : int(s.pad_w - (s.S - 1) * s.dil_w),
+                        rm ? rm->upper_h : int(s.pad_h - (s.R - 1) * s.dil_h)};
+  const uint32_t estr[4] = {1, uint32_t(s.stride_w), uint32_t(s.stride_h), 1};
+  return encode_tensor_map_im2col(tx, tma_dtype<T>(), 4, x, dims, strides, lower, upper, 128 / sizeof(T), pixels,
+                                  estr, CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 // y = epilogue(conv(x, w)) for a geometry fprop_geometry_ok accepted; ws: split-K partials.
@@ -523,14 +719,7 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
 
   CUtensorMap tx, tw;
   {
-    const uint64_t dims[4] = {uint64_t(s.C), uint64_t(s.W), uint64_t(s.H), uint64_t(s.N)};
-    const uint64_t strides[3] = {uint64_t(s.x.w) * sizeof(T), uint64_t(s.x.h) * sizeof(T), uint64_t(s.x.n) * sizeof(T)};
-    const int lower[2] = {int(-s.pad_w), int(-s.pad_h)};
-    const int upper[2] = {rm ? rm->upper_w : int(s.pad_w - (s.S - 1) * s.dil_w),
-                          rm ? rm->upper_h : int(s.pad_h - (s.R - 1) * s.dil_h)};
-    const uint32_t estr[4] = {1, uint32_t(s.stride_w), uint32_t(s.stride_h), 1};
-    cudaError_t err = encode_tensor_map_im2col(&tx, tma_dtype<T>(), 4, x, dims, strides, lower, upper, kBK,
-                                               uint32_t(bm), estr, CU_TENSOR_MAP_SWIZZLE_128B);
+    cudaError_t err = encode_x_im2col<T>(s, x, uint32_t(bm), rm, &tx);
     if (err != cudaSuccess) return err;
   }
   {
@@ -547,29 +736,8 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
   p.out = y;
   p.partial = plan.splits > 1 ? static_cast<float*>(ws) : nullptr;
   p.epi = epi;
+  if (!set_geometry(s, plan, int(kBK), &p)) return cudaErrorInvalidValue;
   p.M = int(s.fprop_m());
-  p.Kg = int(s.Kg());
-  p.K = int(s.K);
-  p.Cg = int(s.Cg());
-  p.PQ = int(s.P * s.Q);
-  p.Q = int(s.Q);
-  p.S = int(s.S);
-  p.pad_h = int(s.pad_h);
-  p.pad_w = int(s.pad_w);
-  p.stride_h = int(s.stride_h);
-  p.stride_w = int(s.stride_w);
-  p.dil_h = int(s.dil_h);
-  p.dil_w = int(s.dil_w);
-  p.chunks = int(ceil_div64(s.Cg(), kBK));
-  p.k_iters = int(plan.k_iters);
-  p.m_tiles = int(plan.m_tiles);
-  p.n_tiles = int(plan.n_tiles);
-  p.groups = int(s.groups);
-  p.splits = int(plan.splits);
-  p.iters_per_split = int(plan.iters_per_split);
-  const int64_t tiles = plan.m_tiles * plan.n_tiles * s.groups * plan.splits;
-  if (tiles >= kSm90IndexLimit) return cudaErrorInvalidValue;
-  p.tiles = int(tiles);
   p.o_n = rm ? rm->o_n : s.P * s.Q * s.K;
   p.o_p = rm ? rm->o_p : s.Q * s.K;
   p.o_q = rm ? rm->o_q : s.K;
@@ -590,6 +758,56 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
                     : launch_cfg<Sm90Small, T, false>(tx, tw, p, sms, stream);
 }
 
+// dw = dy^T · im2col(x) (see the kernel's kWgrad) for a geometry wgrad_geometry_ok accepted; ws: the
+// split-K partials, as many slices as it holds (make_wgrad_plan).
+template <typename T>
+cudaError_t run_wgrad(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T* x, T* dw, void* ws, size_t ws_bytes,
+                      cudaStream_t stream) {
+  if constexpr (sizeof(T) != 2) {
+    return cudaErrorInvalidValue;  // no MN-major tf32 wgmma: can_implement refuses float wgrad
+  } else {
+    int sms = 0;
+    if (!sm90_device(&sms) || !wgrad_geometry_ok(s, sizeof(T)) || dy == nullptr || x == nullptr || dw == nullptr ||
+        !aligned(x, 16) || !aligned(dy, 16))
+      return cudaErrorInvalidValue;
+    const Sm90Plan plan = make_wgrad_plan(s, tile, ws == nullptr || !aligned(ws, 16) ? 0 : ws_bytes);
+    if (plan.splits > 1 && (ws == nullptr || ws_bytes < wgrad_partial_bytes(s, plan) || !aligned(ws, 16)))
+      return cudaErrorInvalidValue;  // only a forced split-K gets here (the rule fits the workspace)
+    CUtensorMap tx, tdy;
+    cudaError_t err = encode_x_im2col<T>(s, x, uint32_t(kWgradChunk), nullptr, &tx);
+    if (err != cudaSuccess) return err;
+    {
+      // dy as [1][N·P·Q][K]: boxes of 64 pixels x 64 filters (128 bytes, the swizzle span).
+      const uint64_t npq = uint64_t(s.fprop_m());
+      const uint64_t dims[3] = {uint64_t(s.K), npq, 1};
+      const uint64_t strides[2] = {uint64_t(s.K) * sizeof(T), uint64_t(s.K) * sizeof(T) * npq};
+      const uint32_t box[3] = {uint32_t(kWgradChunk), uint32_t(kWgradChunk), 1};
+      const uint32_t estr[3] = {1, 1, 1};
+      err = encode_tensor_map_tiled(&tdy, tma_dtype<T>(), 3, dy, dims, strides, box, estr, CU_TENSOR_MAP_SWIZZLE_128B);
+      if (err != cudaSuccess) return err;
+    }
+    Sm90Params<T> p{};
+    p.out = dw;
+    p.partial = plan.splits > 1 ? static_cast<float*>(ws) : nullptr;
+    if (!set_geometry(s, plan, int(kWgradChunk), &p)) return cudaErrorInvalidValue;
+    p.M = int(s.Kg());
+    p.RS = int(s.R * s.S);
+    p.NPQ = int(s.fprop_m());
+    p.partial_total = s.K * s.R * s.S * s.Cg();
+    p.vec_store = s.Cg() % 2 == 0 && aligned(dw, 4);
+    if (plan.splits > 1) {
+      err = plan.large ? launch_cfg<Sm90Large, T, true, true>(tx, tdy, p, sms, stream)
+                       : launch_cfg<Sm90Small, T, true, true>(tx, tdy, p, sms, stream);
+      if (err != cudaSuccess) return err;
+      FC_LAUNCH(grid_for(p.partial_total, 256), 256, 0, stream, splitk_reduce_kernel<T>)(
+          p.partial, p.splits, p.partial_total, ConvEpilogue<T>{}, dw, p.partial_total);
+      return launch_status();
+    }
+    return plan.large ? launch_cfg<Sm90Large, T, false, true>(tx, tdy, p, sms, stream)
+                      : launch_cfg<Sm90Small, T, false, true>(tx, tdy, p, sms, stream);
+  }
+}
+
 bool can_implement_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int elem_bytes) {
   if (!sm90_device(nullptr)) return false;
   Conv2dShape f = s;
@@ -602,7 +820,8 @@ bool can_implement_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int el
       }
       if (!dgrad_as_fprop(s, &f)) return false;
       break;
-    case ConvDir::kWgrad: return false;
+    case ConvDir::kWgrad:
+      return wgrad_geometry_ok(s, elem_bytes) && (tile != Sm90Tile::kSplitK || make_wgrad_plan(s, tile, 0).splits >= 2);
   }
   if (!fprop_geometry_ok(f, elem_bytes)) return false;
   return tile != Sm90Tile::kSplitK || k_iters_of(f, elem_bytes) >= 2;  // split-K needs two k-iterations
@@ -623,7 +842,9 @@ size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, in
     if (!dgrad_as_fprop(s, &f) || !fprop_geometry_ok(f, elem_bytes)) return 0;
     fixed = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * size_t(elem_bytes));
   } else {
-    return 0;
+    if (!wgrad_geometry_ok(s, elem_bytes)) return 0;
+    const size_t limit = tile == Sm90Tile::kSplitK ? SIZE_MAX : workspace_limit;  // forced: its whole need
+    return wgrad_partial_bytes(s, make_wgrad_plan(s, tile, limit));
   }
   const size_t split = splitk_bytes(f, make_plan(f, elem_bytes, tile));
   if (tile == Sm90Tile::kAuto && fixed + split > workspace_limit) return fixed;
@@ -729,8 +950,9 @@ cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T
     return dgrad_tile<T>(tile, s, dy, w, dx, ws, ws_bytes, stream);                                                  \
   }                                                                                                                  \
   template <typename T>                                                                                              \
-  cudaError_t conv2d_##algo##_wgrad(const Conv2dShape&, const T*, const T*, T*, void*, size_t, cudaStream_t) {       \
-    return cudaErrorInvalidValue; /* not on this path: can_implement refuses it */                                   \
+  cudaError_t conv2d_##algo##_wgrad(const Conv2dShape& s, const T* dy, const T* x, T* dw, void* ws, size_t ws_bytes, \
+                                    cudaStream_t stream) {                                                           \
+    return run_wgrad<T>(tile, s, dy, x, dw, ws, ws_bytes, stream);                                                   \
   }                                                                                                                  \
   template cudaError_t conv2d_##algo##_fprop<__half>(const Conv2dShape&, const __half*, const __half*, const __half*, \
                                                      __half*, void*, size_t, cudaStream_t);                          \

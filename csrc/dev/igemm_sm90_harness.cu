@@ -1,5 +1,5 @@
 // igemm_sm90_harness.cu — standalone check + timing of the Hopper implicit GEMM (conv2d_igemm_sm90.cu:
-// warp-specialised wgmma + TMA), fprop and stride-1 dgrad.
+// warp-specialised wgmma + TMA): fprop, dgrad and wgrad.
 //
 //   make -C csrc dev && ./csrc/build/dev/igemm_sm90_harness      (an H100/H200; the emulator: make emu-test)
 //
@@ -17,9 +17,13 @@
 //    element (the inputs have low mantissa bits set), so a silently exact FP32 path would be caught.
 //    dgrad (stride 1 as an fprop of the flipped filter; stride 2 and 3, groups, 1x1 with empty residue
 //    classes, by residue classes) against a double scatter-form reference.
-//    Refusals: C = 3 (TMA strides), strided dgrad with dilation or forced split-K, wgrad, an sm_80 device.
-// 2. Timing (a GPU only): fprop + folded-BN + ReLU on ResNet-50 layers at N = 32 and 256 (CUDA events,
-//    warm-up, median of kReps), ms and TFLOP/s against the H200's 989 TFLOP/s dense f16/bf16 peak.
+//    wgrad (f16/bf16: MN-major wgmma operands; split-K by the rule, with no workspace, and each tile
+//    forced) on the layer classes, odd C/K, dilation, groups with chunks crossing the group boundary,
+//    against a double reference.
+//    Refusals: C = 3 (TMA strides), strided dgrad with dilation or forced split-K, float wgrad, wgrad with
+//    K·2 bytes not a multiple of 16, forced split-K wgrad with one k-iteration, an sm_80 device.
+// 2. Timing (a GPU only): fprop + folded-BN + ReLU, and wgrad, on ResNet-50 layers at N = 32 and 256 (CUDA
+//    events, warm-up, median of kReps), ms and TFLOP/s against the H200's 989 TFLOP/s dense f16/bf16 peak.
 // Exit status 1 when any check fails or a CUDA call errors.
 #include <algorithm>
 #include <cmath>
@@ -254,6 +258,30 @@ bool check_fprop(const Case& c, Variant variant = kRule) {
   return ok;
 }
 
+// Calls f(y index, x index, w index) for every multiply-add of the conv (each tap that lands inside x):
+// the scatter form the dgrad and wgrad references sum over.
+template <typename F>
+void each_mac(const Conv2dShape& s, F f) {
+  const int64_t Cg = s.Cg(), Kg = s.Kg();
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q)
+        for (int64_t k = 0; k < s.K; ++k) {
+          const size_t yi = size_t(((n * s.P + p) * s.Q + q) * s.K + k);
+          const int64_t g = k / Kg;
+          for (int64_t r = 0; r < s.R; ++r) {
+            const int64_t h = s.in_h(p, r);
+            if (h < 0 || h >= s.H) continue;
+            for (int64_t t = 0; t < s.S; ++t) {
+              const int64_t ww = s.in_w(q, t);
+              if (ww < 0 || ww >= s.W) continue;
+              for (int64_t c2 = 0; c2 < Cg; ++c2)
+                f(yi, size_t(((n * s.H + h) * s.W + ww) * s.C + g * Cg + c2), size_t(((k * s.R + r) * s.S + t) * Cg + c2));
+            }
+          }
+        }
+}
+
 template <typename T>
 bool check_dgrad(const Case& c) {
   const Conv2dShape s = make_shape(c);
@@ -267,28 +295,11 @@ bool check_dgrad(const Case& c) {
   for (auto& v : hdy) v = to_t<T>(rnd());
   for (auto& v : hw) v = to_t<T>(rnd() * 0.25f);
   std::vector<double> ref(nx, 0.0), mag(nx, 0.0);
-  const int64_t Cg = s.Cg(), Kg = s.Kg();
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t p = 0; p < s.P; ++p)
-      for (int64_t q = 0; q < s.Q; ++q)
-        for (int64_t k = 0; k < s.K; ++k) {
-          const double d = mma_value(hdy[size_t(((n * s.P + p) * s.Q + q) * s.K + k)]);
-          const int64_t g = k / Kg;
-          for (int64_t r = 0; r < s.R; ++r) {
-            const int64_t h = s.in_h(p, r);
-            if (h < 0 || h >= s.H) continue;
-            for (int64_t t = 0; t < s.S; ++t) {
-              const int64_t ww = s.in_w(q, t);
-              if (ww < 0 || ww >= s.W) continue;
-              for (int64_t c2 = 0; c2 < Cg; ++c2) {
-                const double prod = d * mma_value(hw[size_t(((k * s.R + r) * s.S + t) * Cg + c2)]);
-                const size_t o = size_t(((n * s.H + h) * s.W + ww) * s.C + g * Cg + c2);
-                ref[o] += prod;
-                mag[o] += std::fabs(prod);
-              }
-            }
-          }
-        }
+  each_mac(s, [&](size_t yi, size_t xi, size_t wi) {
+    const double prod = mma_value(hdy[yi]) * mma_value(hw[wi]);
+    ref[xi] += prod;
+    mag[xi] += std::fabs(prod);
+  });
   DevBuf<T> ddy(ny), dw(nw), ddx(nx);
   const size_t ws_bytes = conv2d_implicit_gemm_sm90_workspace_bytes(s, ConvDir::kDgrad, sizeof(T), size_t(1) << 30);
   DevBuf<unsigned char> ws(ws_bytes);
@@ -300,6 +311,53 @@ bool check_dgrad(const Case& c) {
   std::vector<T> got(nx);
   CUDA_CHECK(cudaMemcpy(got.data(), ddx.p, nx * sizeof(T), cudaMemcpyDeviceToHost));
   return compare("dgrad", c, got, ref, mag);
+}
+
+// wgrad: dw[k][r][s][c] = Σ_{n,p,q} dy[n][p][q][k] · x[n][in_h(p, r)][in_w(q, s)][g·Cg + c], against a double
+// reference; dw pre-filled with NaN. `ws_limit` caps the workspace (the rule then takes fewer K slices).
+template <typename T>
+bool check_wgrad(const Case& c, Variant variant = kRule, size_t ws_limit = size_t(1) << 30) {
+  const Conv2dShape s = make_shape(c);
+  if (!conv2d_implicit_gemm_sm90_can_implement(s, ConvDir::kWgrad, sizeof(T))) {
+    std::printf("FAIL %-5s %-26s wgrad can_implement refused a supported shape\n", type_name<T>(), c.name);
+    ++g_failures;
+    return false;
+  }
+  const size_t nx = size_t(s.N * s.H * s.W * s.C), nw = size_t(s.K * s.R * s.S * s.Cg()), ny = size_t(s.N * s.P * s.Q * s.K);
+  std::vector<T> hdy(ny), hx(nx);
+  for (auto& v : hdy) v = to_t<T>(rnd());
+  for (auto& v : hx) v = to_t<T>(rnd());
+  std::vector<double> ref(nw, 0.0), mag(nw, 0.0);
+  each_mac(s, [&](size_t yi, size_t xi, size_t wi) {
+    const double prod = mma_value(hdy[yi]) * mma_value(hx[xi]);
+    ref[wi] += prod;
+    mag[wi] += std::fabs(prod);
+  });
+  size_t ws_bytes = 0;
+  switch (variant) {
+    case kForce128: ws_bytes = conv2d_implicit_gemm_sm90_128x128_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
+    case kForce64: ws_bytes = conv2d_implicit_gemm_sm90_64x64_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
+    case kForceSplitK: ws_bytes = conv2d_implicit_gemm_sm90_splitk_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
+    default: ws_bytes = conv2d_implicit_gemm_sm90_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit);
+  }
+  DevBuf<T> ddy(ny), dx(nx), ddw(nw);
+  DevBuf<unsigned char> ws(ws_bytes);
+  CUDA_CHECK(cudaMemcpy(ddy.p, hdy.data(), ny * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dx.p, hx.data(), nx * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemset(ddw.p, 0xff, nw * sizeof(T)));
+  void* wsp = ws_bytes ? static_cast<void*>(ws.p) : nullptr;
+  switch (variant) {
+    case kForce128: CUDA_CHECK(conv2d_implicit_gemm_sm90_128x128_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
+    case kForce64: CUDA_CHECK(conv2d_implicit_gemm_sm90_64x64_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
+    case kForceSplitK: CUDA_CHECK(conv2d_implicit_gemm_sm90_splitk_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
+    default: CUDA_CHECK(conv2d_implicit_gemm_sm90_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0));
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<T> got(nw);
+  CUDA_CHECK(cudaMemcpy(got.data(), ddw.p, nw * sizeof(T), cudaMemcpyDeviceToHost));
+  std::string what = std::string("wgrad") + variant_name(variant) + (ws_limit < (size_t(1) << 30) ? " ws=0" : "") +
+                     (ws_bytes ? " split" : "");
+  return compare(what.c_str(), c, got, ref, mag);
 }
 
 void expect(bool cond, const char* what) {
@@ -316,7 +374,13 @@ void check_refusals() {
   expect(!conv2d_implicit_gemm_sm90_splitk_can_implement(s2, ConvDir::kDgrad, 2), "forced split-K on a strided dgrad");
   const Conv2dShape s2d2 = make_shape({"s2d2", 1, 64, 14, 14, 64, 3, 3, 2, 2, 2, 1});
   expect(!conv2d_implicit_gemm_sm90_can_implement(s2d2, ConvDir::kDgrad, 2), "strided dgrad with dilation 2");
-  expect(!conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kWgrad, 2), "wgrad is refused");
+  expect(conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kWgrad, 2), "16-bit wgrad is accepted");
+  expect(!conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kWgrad, 4), "float (TF32) wgrad: no MN-major tf32 wgmma");
+  const Conv2dShape k36 = make_shape({"k36", 1, 64, 8, 8, 36, 3, 3, 1, 1, 1, 1});
+  expect(!conv2d_implicit_gemm_sm90_can_implement(k36, ConvDir::kWgrad, 2), "wgrad with K = 36 (dy rows not 16-byte strided)");
+  const Conv2dShape tiny = make_shape({"tiny", 1, 64, 4, 4, 64, 1, 1, 0, 1, 1, 1});
+  expect(!conv2d_implicit_gemm_sm90_splitk_can_implement(tiny, ConvDir::kWgrad, 2),
+         "forced split-K wgrad with one k-iteration (N·P·Q = 16)");
   const Conv2dShape g = make_shape({"groups", 1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 2});
   expect(!conv2d_implicit_gemm_sm90_can_implement(g, ConvDir::kFprop, 2), "groups with C/groups = 32 f16 (< 128 bytes)");
   expect(!conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kFprop, 8), "8-byte elements");
@@ -348,6 +412,16 @@ const Case kDgradCases[] = {
     {"dgrad 3x3 s2 p2 g2 C32 K128 9x9", 1, 32, 9, 9, 128, 3, 3, 2, 2, 1, 2},
     {"dgrad 1x1 64->32 9x9", 2, 32, 9, 9, 64, 1, 1, 0, 1, 1, 1},
     {"dgrad 3x3 d2 p2 C40 K24", 1, 40, 9, 9, 24, 3, 3, 2, 1, 2, 1},
+};
+
+const Case kWgradCases[] = {
+    {"wgrad 3x3 64 p1 8x8", 2, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1},
+    {"wgrad 1x1 64->256 14x14", 1, 64, 14, 14, 256, 1, 1, 0, 1, 1, 1},
+    {"wgrad 3x3 s2 128 15x15", 1, 128, 15, 15, 128, 3, 3, 1, 2, 1, 1},
+    {"wgrad 3x3 C24 K40 p2 d2 9x9", 2, 24, 9, 9, 40, 3, 3, 2, 1, 2, 1},
+    {"wgrad 3x3 g2 C64 K64 7x7", 2, 64, 7, 7, 64, 3, 3, 1, 1, 1, 2},
+    {"wgrad 5x5 s3 p2 C16 K40 11x11", 1, 16, 11, 11, 40, 5, 5, 2, 3, 1, 1},
+    {"wgrad split 1x1 64 16x16 N4", 4, 64, 16, 16, 64, 1, 1, 0, 1, 1, 1},
 };
 
 #if !defined(FASTCONV_EMU)
@@ -383,6 +457,39 @@ void time_fprop(const Case& c) {
   cudaEventDestroy(a);
   cudaEventDestroy(b);
 }
+
+// wgrad (split-K by the rule, its workspace allocated once): the conv's FLOPs at the same peak.
+template <typename T>
+void time_wgrad(const Case& c) {
+  const Conv2dShape s = make_shape(c);
+  const size_t nx = size_t(s.N * s.H * s.W * s.C), nw = size_t(s.K * s.R * s.S * s.Cg()), ny = size_t(s.N * s.P * s.Q * s.K);
+  DevBuf<T> dx(nx), ddw(nw), ddy(ny);
+  cudaMemset(dx.p, 0, nx * sizeof(T));
+  cudaMemset(ddy.p, 0, ny * sizeof(T));
+  const size_t ws_bytes = conv2d_implicit_gemm_sm90_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), size_t(1) << 30);
+  DevBuf<unsigned char> ws(ws_bytes);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<float> ms;
+  for (int i = 0; i < kWarmup + kReps; ++i) {
+    cudaEventRecord(a);
+    conv2d_implicit_gemm_sm90_wgrad<T>(s, ddy.p, dx.p, ddw.p, ws_bytes ? ws.p : nullptr, ws_bytes, 0);
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float t = 0;
+    cudaEventElapsedTime(&t, a, b);
+    if (i >= kWarmup) ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[ms.size() / 2];
+  const double tflops = s.fprop_flops() / (med * 1e-3) / 1e12;
+  std::printf("time wgrad %-5s %-22s N=%-4lld %8.4f ms (IQR %.4f-%.4f) %7.1f TFLOP/s %5.1f%% of %.0f\n",
+              type_name<T>(), c.name, static_cast<long long>(c.N), med, ms[ms.size() / 4], ms[3 * ms.size() / 4],
+              tflops, 100 * tflops / kH200DenseTflops, kH200DenseTflops);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+}
 #endif
 
 int main() {
@@ -412,6 +519,15 @@ int main() {
     check_dgrad<__half>(c);
     check_dgrad<float>(c);
   }
+  for (const Case& c : kWgradCases) {
+    check_wgrad<__half>(c);
+    check_wgrad<__nv_bfloat16>(c);
+  }
+  check_wgrad<__half>(kWgradCases[6], kRule, 0);          // no workspace: one slice
+  check_wgrad<__nv_bfloat16>(kWgradCases[2], kForce64);    // the small tile on a large-tile shape
+  check_wgrad<__half>(kWgradCases[0], kForce128);          // the large tile on 64 filters (half the rows masked)
+  check_wgrad<__half>(kWgradCases[3], kForceSplitK);
+  check_wgrad<__nv_bfloat16>(kWgradCases[4], kForceSplitK);
 #if !defined(FASTCONV_EMU)
   const Case kTimed[] = {
       {"res2 1x1 64->256 56x56", 32, 64, 56, 56, 256, 1, 1, 0, 1, 1, 1},
@@ -423,6 +539,7 @@ int main() {
       {"res2 3x3 64 56x56", 256, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1},
   };
   for (const Case& c : kTimed) time_fprop<__nv_bfloat16>(c);
+  for (const Case& c : kTimed) time_wgrad<__nv_bfloat16>(c);
 #endif
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "igemm_sm90_harness: all checks passed", g_failures);
   return g_failures ? 1 : 0;

@@ -76,7 +76,8 @@ std::string implicit_gemm_why_not(const Conv2dShape& s) {
 std::string implicit_gemm_sm90_why_not(const Conv2dShape& s) {
   return "it needs a compute capability 9.0 device (sm_90a: H100/H200), NHWC operands with C and C/groups "
          "multiples of 16 bytes (C/groups a multiple of 128 bytes when groups > 1), padding, dilation and "
-         "stride within TMA's im2col limits, and for a strided dgrad dilation 1 (it has no wgrad); got " +
+         "stride within TMA's im2col limits, for a strided dgrad dilation 1, and for wgrad float16/bfloat16 (no "
+         "MN-major TF32 wgmma) with K a multiple of 8; got " +
          describe(s);
 }
 
@@ -108,8 +109,8 @@ const ConvAlgo* find_conv_algo(c10::string_view name) {
       {"implicit_gemm", &cuda::conv2d_implicit_gemm_can_implement, &cuda::conv2d_implicit_gemm_workspace_bytes,
        &implicit_gemm_why_not, FASTCONV_CONV_FNS(implicit_gemm, float), FASTCONV_CONV_FNS(implicit_gemm, __half),
        FASTCONV_CONV_FNS(implicit_gemm, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
-      // The Hopper engine (wgmma + TMA): sm_90a only, float32 as TF32; no wgrad kernels (its table entry
-      // is never called: can_implement refuses wgrad).
+      // The Hopper engine (wgmma + TMA): sm_90a only, float32 as TF32 (fprop and dgrad; its float wgrad
+      // entry is never called: can_implement refuses it).
       {"implicit_gemm_sm90", &cuda::conv2d_implicit_gemm_sm90_can_implement,
        &cuda::conv2d_implicit_gemm_sm90_workspace_bytes, &implicit_gemm_sm90_why_not,
        FASTCONV_CONV_FNS(implicit_gemm_sm90, float), FASTCONV_CONV_FNS(implicit_gemm_sm90, __half),
