@@ -254,7 +254,8 @@ _RULES: Dict[str, Dict[str, Rule]] = {
 
 # Algorithms whose dgrad/wgrad kernels do not cover every problem their fprop does: a backward
 # direction they cannot implement runs on the named algorithm instead (the Hopper engine: no float32
-# wgrad, no strided dgrad with dilation; see direction_algo). Double backward always runs on it.
+# wgrad, no dgrad/wgrad with K not a multiple of 16 bytes; see direction_algo). Double backward always
+# runs on it.
 _BACKWARD_FALLBACK: Dict[str, Dict[str, str]] = {
     "cuda": {"implicit_gemm_sm90": "implicit_gemm", **{f"implicit_gemm_sm90_{t}": "implicit_gemm" for t in _SM90_TILES}}}
 

@@ -6,10 +6,10 @@ Every layer class of ResNet-50 and GoogLeNet at a small batch (1x1 reduce/expand
 padding/dilation, groups, the split-K configuration (batch 1, 7x7); float16 and bfloat16 (judged by the
 tolerance table of tests/helpers.py: within 2x torch's own error at that precision), float32 on TF32
 (only with fastconv.backends.allow_tf32; judged against float64 with TF32's error bound); fprop, the
-fused epilogue, dgrad (stride 1 on the flipped filter, strided by residue classes), wgrad (16-bit:
+fused epilogue, dgrad (stride 1 on the flipped filter, strided — also dilated — by residue classes), wgrad (16-bit:
 MN-major wgmma operands, split-K), and training through autograd (each backward direction on the
 engine where it implements it, else on implicit_gemm). Refusals: C = 3, float32 without TF32, an sm_80
-device, float32 wgrad, wgrad with K not a multiple of 8, strided dgrad with dilation; "auto" never
+device, float32 wgrad, dgrad/wgrad with K not a multiple of 8 (dy as a TMA source); "auto" never
 picks the engine.
 """
 
@@ -94,8 +94,11 @@ def test_fused_epilogue(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7], CASES[3], CASES[4]],
-                         ids=["3x3", "odd_k40", "dilation2", "3x3_s2_classes", "1x1_s2_empty_classes"])
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7], CASES[3], CASES[4],
+                                  ("s2_d2", (1, 16, 10, 10), (32, 16, 3, 3), 2, 2, 2, 1),
+                                  ("s2_d3", (2, 24, 11, 11), (16, 24, 3, 3), 2, 3, 3, 1)],
+                         ids=["3x3", "odd_k40", "dilation2", "3x3_s2_classes", "1x1_s2_empty_classes",
+                              "3x3_s2_d2_classes", "3x3_s2_d3_classes"])
 def test_dgrad_op(case, dtype):
     _, xs, ws, stride, padding, dilation, groups = case
     x, w = _inputs([xs, ws], seed=11)
@@ -163,10 +166,9 @@ def test_refusals_name_the_reason():
     y12 = _cl(torch.randn(1, 12, 4, 4, dtype=torch.float16)).to(CUDA_DEVICE)
     with pytest.raises(NotImplementedError, match="K a multiple of 8"):
         ops.conv2d_wgrad(y12, xd, [12, 16, 3, 3], [2, 2], [1, 1], [1, 1], 1, ALGO)
-    # A strided dgrad runs by residue classes, but only with dilation 1.
-    y2 = ops.conv2d(xd, wd, None, [2, 2], [2, 2], [2, 2], 1, ALGO)
-    with pytest.raises(NotImplementedError, match="dilation 1"):
-        ops.conv2d_dgrad(y2, wd, list(x.shape), [2, 2], [2, 2], [2, 2], 1, ALGO)
+    # dgrad reads dy by TMA too: K = 12 float16 (24-byte rows) is refused.
+    with pytest.raises(NotImplementedError, match="dgrad"):
+        ops.conv2d_dgrad(y12, wd[:12], [1, 16, 8, 8], [2, 2], [1, 1], [1, 1], 1, ALGO)
 
 
 @pytest.mark.skipif(not EMULATED, reason="switches the emulated device's architecture")
@@ -303,7 +305,11 @@ def test_backward_directions_fall_back_where_the_engine_cannot():
     F.conv2d(xs, ws_, None, 1, 1).sum().backward()
     for got, want in ((xr.grad, xs.grad), (wr.grad, ws_.grad)):
         assert float((got.cpu().double() - want).abs().max()) < 2.0 ** -8 * float(want.abs().max()) * 16
-    # A strided dgrad with dilation: implicit_gemm; its wgrad stays on the engine.
+    # K = 12 float16: the fprop runs on the engine, but dy (24-byte rows) is no TMA source: dgrad and wgrad
+    # on implicit_gemm; a strided, dilated conv keeps both on the engine.
     xh, wh = _cl(x.half()).to(CUDA_DEVICE), _cl(w.half()).to(CUDA_DEVICE)
-    assert algorithms.direction_algo(ALGO, 1, xh, wh, [2, 2], [2, 2], [2, 2], 1) == "implicit_gemm"
+    assert algorithms.can_implement(ALGO, algorithms.ConvProblem.from_tensors(xh, wh[:12], *args))
+    assert algorithms.direction_algo(ALGO, 1, xh, wh[:12], *args) == "implicit_gemm"
+    assert algorithms.direction_algo(ALGO, 2, xh, wh[:12], *args) == "implicit_gemm"
+    assert algorithms.direction_algo(ALGO, 1, xh, wh, [2, 2], [2, 2], [2, 2], 1) == ALGO
     assert algorithms.direction_algo(ALGO, 2, xh, wh, [2, 2], [2, 2], [2, 2], 1) == ALGO

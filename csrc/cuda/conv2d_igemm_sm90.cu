@@ -35,7 +35,7 @@
 //   (deterministic) and applies the epilogue once.
 // dgrad (stride 1 only): dx = fprop(dy, w') with w'[c][r][s][k] = w[k][R−1−r][S−1−s][c] written to the
 // workspace by flip_filter_kernel, padding dh·(R−1) − ph (must be >= 0): the same kernel and tiles.
-// dgrad (stride > 1, dilation 1): by residue classes (dgrad_classes): each of the sh·sw classes of dx
+// dgrad (stride > 1, any dilation): by residue classes (dgrad_classes): each of the sh·sw classes of dx
 // pixels is a stride-1 fprop of dy with its own flipped sub-filter (class_filter_kernel), asymmetric
 // window corners, and output rows remapped into dx (Sm90Params::o_*); no zero taps, so none of the
 // predicated gather's stride² wasted MMAs.
@@ -56,6 +56,7 @@
 // wgrad 16-bit elements and K·elem a multiple of 16 bytes (dy's TMA row stride), groups unrestricted.
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "common.cuh"
@@ -394,18 +395,19 @@ __global__ void __launch_bounds__(256) flip_filter_kernel(const T* __restrict__ 
   }
 }
 
-// Strided dgrad, residue class (rh, rw): wc[c][t][u][k] = w[k][r0h + sh·(Rt−1−t)][r0w + sw·(St−1−u)][c] per
-// group, the taps whose contributions land on dx rows ≡ rh (mod sh) and columns ≡ rw (mod sw), flipped.
+// Strided dgrad, residue class (rh, rw): wc[c][t][u][k] = w[k][r0h + step_h·(Rt−1−t)][r0w + step_w·(St−1−u)][c]
+// per group, the taps whose contributions land on dx rows ≡ rh (mod sh) and columns ≡ rw (mod sw), flipped
+// (step = stride / gcd(dilation, stride); see dgrad_classes).
 template <typename T>
 __global__ void __launch_bounds__(256) class_filter_kernel(const T* __restrict__ w, T* __restrict__ wc, int64_t K,
                                                            int64_t R, int64_t S, int64_t Cg, int64_t groups,
-                                                           int64_t r0h, int64_t r0w, int64_t sh, int64_t sw,
+                                                           int64_t r0h, int64_t r0w, int64_t step_h, int64_t step_w,
                                                            int64_t Rt, int64_t St) {
   const int64_t Kg = K / groups, total = K * Rt * St * Cg;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t kk = e % Kg, u = (e / Kg) % St, t = (e / (Kg * St)) % Rt, gc = e / (Kg * St * Rt);
     const int64_t g = gc / Cg, c = gc % Cg;
-    const int64_t r = r0h + sh * (Rt - 1 - t), q = r0w + sw * (St - 1 - u);
+    const int64_t r = r0h + step_h * (Rt - 1 - t), q = r0w + step_w * (St - 1 - u);
     wc[e] = w[((g * Kg + kk) * R + r) * S * Cg + q * Cg + c];
   }
 }
@@ -581,21 +583,40 @@ struct Sm90Remap {
   int64_t o_n, o_p, o_q, o_base;
 };
 
-// Strided dgrad by residue classes: dx rows h ≡ rh (mod sh) and columns w ≡ rw (mod sw) receive only the
-// taps r ≡ rh + ph (mod sh), s ≡ rw + pw (mod sw) (dilation 1), so each class is a stride-1 conv of dy with
-// that sub-filter flipped — no zero taps, none of the predicated gather's stride² wasted MMAs. Class
-// (rh, rw): r0 = (rh + ph) % sh, Rt = ceil((R − r0) / sh) taps (0: the class's dx is 0), c = (rh + ph −
-// r0) / sh; output row i (dx row rh + sh·i) reads dy rows i + c − Rt + 1 + t', t' < Rt, i.e. window
-// corners from lower = c − Rt + 1 to Hc − P + lower, Hc = ceil((H − rh) / sh) rows; likewise for columns.
+// Strided dgrad by residue classes: dx row h = p·st − pad + r·d receives tap r from dy row p, so the rows
+// h ≡ rr (mod st) receive only the taps with r·d ≡ rr + pad (mod st): r = r0 + step·u, step = st / g,
+// g = gcd(d, st) (none when g does not divide rr + pad: those rows are 0), and then row rr + st·i reads dy
+// row p = i − c0 − u·dd, c0 = (r0·d − pad − rr) / st, dd = d / g. Flipped (t = n − 1 − u), each class is a
+// stride-1 correlation of dy with n taps at dilation dd and window corners from lower = −(c0 + (n−1)·dd)
+// to upper = Hc − P + lower (Hc = ceil((H − rr) / st) rows): no zero taps, none of the predicated gather's
+// stride² wasted MMAs. (Dilation 1: step = st, dd = 1, r0 = (rr + pad) % st.) One dimension of it:
+struct ClassDim {
+  int64_t r0, n, step, dd, lower;  // n = 0: no tap reaches these rows
+};
+
+ClassDim class_dim(int64_t rr, int64_t pad, int64_t st, int64_t d, int64_t R) {
+  ClassDim c{0, 0, st / std::gcd(d, st), d / std::gcd(d, st), 0};
+  for (int64_t r = 0; r < c.step && r < R; ++r) {
+    if (((r * d - rr - pad) % st + st) % st != 0) continue;
+    c.r0 = r;
+    c.n = ceil_div64(R - r, c.step);
+    const int64_t c0 = (r * d - pad - rr) / st;  // exact
+    c.lower = -(c0 + (c.n - 1) * c.dd);
+    break;
+  }
+  return c;
+}
+
+// Class (rh, rw) of a strided dgrad: its two dimensions, and it as this kernel's fprop over dy.
 struct DgradClass {
-  int64_t rh, rw, r0h, r0w, Rt, St, Hc, Wc, lower_h, lower_w;
+  int64_t rh, rw, r0h, r0w, Rt, St, Hc, Wc, lower_h, lower_w, step_h, step_w;
   Conv2dShape f;  // the class as an fprop over dy (P = Hc, Q = Wc, pad = −lower; the upper corners apart)
   Sm90Remap rm;
 };
 
 bool dgrad_classes(const Conv2dShape& s, int elem_bytes, std::vector<DgradClass>* out) {
   if (s.stride_h == 1 && s.stride_w == 1) return false;  // the flipped-filter path
-  if (s.dil_h != 1 || s.dil_w != 1 || s.stride_h > 8 || s.stride_w > 8) return false;
+  if (s.stride_h > 8 || s.stride_w > 8) return false;
   if (!s.valid() || s.N <= 0 || s.P <= 0 || s.Q <= 0 || (elem_bytes != 2 && elem_bytes != 4)) return false;
   if (!same_strides(s.y, channels_last_strides(s.K, s.P, s.Q)) || !same_strides(s.x, channels_last_strides(s.C, s.H, s.W)) ||
       !same_strides(s.w, channels_last_strides(s.Cg(), s.R, s.S)))
@@ -611,22 +632,27 @@ bool dgrad_classes(const Conv2dShape& s, int elem_bytes, std::vector<DgradClass>
       DgradClass c{};
       c.rh = rh;
       c.rw = rw;
-      c.r0h = (rh + s.pad_h) % s.stride_h;
-      c.r0w = (rw + s.pad_w) % s.stride_w;
-      c.Rt = c.r0h < s.R ? ceil_div64(s.R - c.r0h, s.stride_h) : 0;
-      c.St = c.r0w < s.S ? ceil_div64(s.S - c.r0w, s.stride_w) : 0;
+      const ClassDim dh = class_dim(rh, s.pad_h, s.stride_h, s.dil_h, s.R);
+      const ClassDim dw = class_dim(rw, s.pad_w, s.stride_w, s.dil_w, s.S);
+      c.r0h = dh.r0;
+      c.r0w = dw.r0;
+      c.Rt = dh.n;
+      c.St = dw.n;
+      c.step_h = dh.step;
+      c.step_w = dw.step;
       c.Hc = ceil_div64(s.H - rh, s.stride_h);
       c.Wc = ceil_div64(s.W - rw, s.stride_w);
       if (c.Rt > 0 && c.St > 0) {
-        c.lower_h = (rh + s.pad_h - c.r0h) / s.stride_h - c.Rt + 1;
-        c.lower_w = (rw + s.pad_w - c.r0w) / s.stride_w - c.St + 1;
+        c.lower_h = dh.lower;
+        c.lower_w = dw.lower;
         const int64_t upper_h = c.Hc - s.P + c.lower_h, upper_w = c.Wc - s.Q + c.lower_w;
         for (int64_t v : {c.lower_h, c.lower_w, upper_h, upper_w})
           if (v < kIm2colCornerMin || v > kIm2colCornerMax) return false;
-        if (c.Rt - 1 > kIm2colOffsetMax || c.St - 1 > kIm2colOffsetMax) return false;
+        if ((c.Rt - 1) * dh.dd > kIm2colOffsetMax || (c.St - 1) * dw.dd > kIm2colOffsetMax) return false;
         Conv2dShape& f = c.f;
         f.N = s.N; f.C = s.K; f.H = s.P; f.W = s.Q; f.K = s.C; f.R = c.Rt; f.S = c.St; f.P = c.Hc; f.Q = c.Wc;
         f.pad_h = -c.lower_h; f.pad_w = -c.lower_w; f.groups = s.groups;
+        f.dil_h = dh.dd; f.dil_w = dw.dd;
         f.x = channels_last_strides(s.K, s.P, s.Q);
         f.w = channels_last_strides(s.Kg(), c.Rt, c.St);
         f.y = channels_last_strides(s.C, c.Hc, c.Wc);
@@ -901,7 +927,7 @@ cudaError_t strided_dgrad(Sm90Tile tile, const Conv2dShape& s, const std::vector
     const int64_t total = s.K * c.Rt * c.St * s.Cg();
     off += (total + 7) / 8 * 8;  // 16-byte aligned starts (TMA)
     FC_LAUNCH(grid_for(total, 256), 256, 0, stream, class_filter_kernel<T>)(w, wc, s.K, s.R, s.S, s.Cg(), s.groups,
-                                                                          c.r0h, c.r0w, s.stride_h, s.stride_w,
+                                                                          c.r0h, c.r0w, c.step_h, c.step_w,
                                                                           c.Rt, c.St);
     cudaError_t err = launch_status();
     if (err != cudaSuccess) return err;

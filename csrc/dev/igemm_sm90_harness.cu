@@ -16,11 +16,11 @@
 //    For TF32 also: the result is farther from the exact FP32 reference than the tolerance on some
 //    element (the inputs have low mantissa bits set), so a silently exact FP32 path would be caught.
 //    dgrad (stride 1 as an fprop of the flipped filter; stride 2 and 3, groups, 1x1 with empty residue
-//    classes, by residue classes) against a double scatter-form reference.
+//    classes, strided with dilation 2 and 3, by residue classes) against a double scatter-form reference.
 //    wgrad (f16/bf16: MN-major wgmma operands; split-K by the rule, with no workspace, and each tile
 //    forced) on the layer classes, odd C/K, dilation, groups with chunks crossing the group boundary,
 //    against a double reference.
-//    Refusals: C = 3 (TMA strides), strided dgrad with dilation or forced split-K, float wgrad, wgrad with
+//    Refusals: C = 3 (TMA strides), strided dgrad with forced split-K, float wgrad, wgrad with
 //    K·2 bytes not a multiple of 16, forced split-K wgrad with one k-iteration, an sm_80 device.
 // 2. Timing (a GPU only): fprop + folded-BN + ReLU, and wgrad, on ResNet-50 layers at N = 32 and 256 (CUDA
 //    events, warm-up, median of kReps), ms and TFLOP/s against the H200's 989 TFLOP/s dense f16/bf16 peak.
@@ -373,7 +373,7 @@ void check_refusals() {
   expect(conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kDgrad, 2), "stride-2 dgrad (residue classes) is accepted");
   expect(!conv2d_implicit_gemm_sm90_splitk_can_implement(s2, ConvDir::kDgrad, 2), "forced split-K on a strided dgrad");
   const Conv2dShape s2d2 = make_shape({"s2d2", 1, 64, 14, 14, 64, 3, 3, 2, 2, 2, 1});
-  expect(!conv2d_implicit_gemm_sm90_can_implement(s2d2, ConvDir::kDgrad, 2), "strided dgrad with dilation 2");
+  expect(conv2d_implicit_gemm_sm90_can_implement(s2d2, ConvDir::kDgrad, 2), "strided dgrad with dilation 2 is accepted");
   expect(conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kWgrad, 2), "16-bit wgrad is accepted");
   expect(!conv2d_implicit_gemm_sm90_can_implement(s2, ConvDir::kWgrad, 4), "float (TF32) wgrad: no MN-major tf32 wgmma");
   const Conv2dShape k36 = make_shape({"k36", 1, 64, 8, 8, 36, 3, 3, 1, 1, 1, 1});
@@ -412,6 +412,11 @@ const Case kDgradCases[] = {
     {"dgrad 3x3 s2 p2 g2 C32 K128 9x9", 1, 32, 9, 9, 128, 3, 3, 2, 2, 1, 2},
     {"dgrad 1x1 64->32 9x9", 2, 32, 9, 9, 64, 1, 1, 0, 1, 1, 1},
     {"dgrad 3x3 d2 p2 C40 K24", 1, 40, 9, 9, 24, 3, 3, 2, 1, 2, 1},
+    // Strided and dilated: gcd(d, s) = 2 (classes of taps step 1, dilation 1; odd rows get none), 1 (step 2,
+    // dilation 3), and stride 4 dilation 2 (step 2, dilation 1; half the classes empty).
+    {"dgrad 3x3 s2 d2 p2 C16 K32 10x10", 1, 16, 10, 10, 32, 3, 3, 2, 2, 2, 1},
+    {"dgrad 3x3 s2 d3 p3 C24 K16 11x11", 2, 24, 11, 11, 16, 3, 3, 3, 2, 3, 1},
+    {"dgrad 5x5 s4 d2 p4 C16 K24 13x13", 1, 16, 13, 13, 24, 5, 5, 4, 4, 2, 1},
 };
 
 const Case kWgradCases[] = {

@@ -76,8 +76,8 @@ std::string implicit_gemm_why_not(const Conv2dShape& s) {
 std::string implicit_gemm_sm90_why_not(const Conv2dShape& s) {
   return "it needs a compute capability 9.0 device (sm_90a: H100/H200), NHWC operands with C and C/groups "
          "multiples of 16 bytes (C/groups a multiple of 128 bytes when groups > 1), padding, dilation and "
-         "stride within TMA's im2col limits, for a strided dgrad dilation 1, and for wgrad float16/bfloat16 (no "
-         "MN-major TF32 wgmma) with K a multiple of 8; got " +
+         "stride within TMA's im2col limits, for dgrad and wgrad K a multiple of 16 bytes (dy is a TMA source), "
+         "and for wgrad float16/bfloat16 (no MN-major TF32 wgmma) with K a multiple of 8; got " +
          describe(s);
 }
 
