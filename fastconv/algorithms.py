@@ -162,6 +162,16 @@ def kernel_query(algo: str, p: ConvProblem, direction: int = 0, workspace_limit:
                         bool(p.channels_last), int(workspace_limit))
 
 
+def kernel_plan(algo: str, p: ConvProblem, direction: int = 0) -> Optional[str]:
+    """What the kernel's launcher would run for p under fastconv.backends.workspace_limit_mb, in words
+    (the Hopper engine: its tile configuration and K slices, chosen by the rule next to the kernel),
+    or None when the algorithm has no such description, cannot implement p, or is not built."""
+    if p.device_type != "cuda" or torch.compiler.is_compiling() or why_not(algo, p) is not None:
+        return None
+    answer = kernel_query(algo, p, direction, backends.workspace_limit_mb << 20)
+    return answer[1] if answer is not None and answer[0] and answer[1] else None
+
+
 def _tf32_allowed() -> bool:
     from fastconv import backends
 

@@ -37,6 +37,7 @@ class CandidateInfo:
     workspace_bytes: int
     time_ms: Optional[float] = None  # median forward time if tuned
     rejected: Optional[str] = None  # why tuning excluded it (failed / mismatched)
+    config: Optional[str] = None  # what its kernel would run (the Hopper engine's tile plan), if it says
 
 
 @dataclass
@@ -59,14 +60,15 @@ class Explanation:
             f"stride {p.stride}  padding {p.padding}  dilation {p.dilation}  groups {p.groups}  "
             f"-> output [{p.N}, {p.K}, {p.P}, {p.Q}]",
             f"  plan key: {self.key}",
-            f"  {'algorithm':<14}{'eligible':<10}{'determ.':<9}{'workspace':>12}{'time (ms)':>12}  notes",
         ]
+        width = max([14] + [len(c.name) + 2 for c in self.candidates])  # the engine's names are long
+        lines.append(f"  {'algorithm':<{width}}{'eligible':<10}{'determ.':<9}{'workspace':>12}{'time (ms)':>12}  notes")
         for c in self.candidates:
             ws = _fmt_bytes(c.workspace_bytes)
             t = f"{c.time_ms:.4g}" if c.time_ms is not None else "-"
-            note = c.reason or c.rejected or ""
+            note = c.reason or c.rejected or c.config or ""
             mark = "->" if c.name == self.choice else "  "
-            lines.append(f"{mark}{c.name:<14}{'yes' if c.eligible else 'no':<10}{'yes' if c.deterministic else 'no':<9}"
+            lines.append(f"{mark}{c.name:<{width}}{'yes' if c.eligible else 'no':<10}{'yes' if c.deterministic else 'no':<9}"
                          f"{ws:>12}{t:>12}  {note}".rstrip())
         lines.append(f"  choice: {self.choice} ({self.source}: {self.reason})")
         if self.tuning:
@@ -311,7 +313,8 @@ def explain(conv: Union[ConvProblem, torch.nn.Conv2d, torch.Tensor, Shape],
         infos.append(CandidateInfo(
             name, why is None, why, t.deterministic,
             algorithms.workspace_bytes(name, problem) if algorithms.can_implement(name, problem) else 0,
-            plan.times_ms.get(name) if plan else None, plan.rejected.get(name) if plan else None))
+            plan.times_ms.get(name) if plan else None, plan.rejected.get(name) if plan else None,
+            algorithms.kernel_plan(name, problem)))
     algo, source, reason = choice.algo, choice.source, choice.reason
     if forced != "auto":
         algo, source, reason = forced, "forced", f"the module's algo={forced!r} (auto would pick {choice.algo!r})"

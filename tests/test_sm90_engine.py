@@ -313,3 +313,29 @@ def test_backward_directions_fall_back_where_the_engine_cannot():
     assert algorithms.direction_algo(ALGO, 2, xh, wh[:12], *args) == "implicit_gemm"
     assert algorithms.direction_algo(ALGO, 1, xh, wh, [2, 2], [2, 2], [2, 2], 1) == ALGO
     assert algorithms.direction_algo(ALGO, 2, xh, wh, [2, 2], [2, 2], [2, 2], 1) == ALGO
+
+
+def _problem(n, c, h, k, r, stride=1, pad=0, dil=1, groups=1, dtype=torch.float16):
+    return algorithms.ConvProblem(n, c, h, h, k, r, r, (stride, stride), (pad, pad), (dil, dil), groups, dtype,
+                                  "cuda", True, None, EMULATED)
+
+
+def test_kernel_plan_says_what_the_rule_runs():
+    # The tile rule lives next to the kernel (make_plan / make_wgrad_plan); fastconv.algorithms.kernel_plan and
+    # explain() report its pick. 3x3 256 at 14², batch 32: 49 x 2 = 98 large tiles < 132 -> 64x64 tiles;
+    # batch 256: 392 x 2 large tiles.
+    assert algorithms.kernel_plan(ALGO, _problem(32, 256, 14, 256, 3, pad=1)).startswith("64x64 tiles (")
+    big = algorithms.kernel_plan(ALGO, _problem(256, 256, 14, 256, 3, pad=1))
+    assert big == "128x128 tiles (784 tiles, 36 k-iterations)", big
+    # Batch 1, 7², 512 -> 64: one 64x64 tile of 72 k-iterations -> split into K slices (>= 8 iterations each).
+    late = algorithms.kernel_plan(ALGO, _problem(1, 512, 7, 64, 3, pad=1))
+    assert late == "64x64 tiles (1 tile x 9 K slices, 72 k-iterations)", late
+    # wgrad: 3x3 64 at 56², batch 8: 9 tiles of 64x64 over 392 k-iterations -> 15 slices.
+    wg = algorithms.kernel_plan(ALGO, _problem(8, 64, 56, 64, 3, pad=1), 2)
+    assert wg == "wgrad: 64x64 tiles (9 tiles x 15 K slices, 392 k-iterations)", wg
+    assert "4 residue classes (4 with taps)" in algorithms.kernel_plan(ALGO, _problem(2, 64, 14, 64, 3, 2, 1), 1)
+    assert algorithms.kernel_plan(ALGO, _problem(1, 3, 8, 16, 3, pad=1)) is None  # refused: no plan
+    assert algorithms.kernel_plan("implicit_gemm", _problem(1, 64, 8, 64, 3, pad=1)) is None  # no description
+    ex = fastconv.explain(_problem(256, 256, 14, 256, 3, pad=1), verbose=False)
+    line = next(ln for ln in str(ex).splitlines() if ln[2:].split()[0] == ALGO)
+    assert "128x128 tiles (784 tiles" in line, str(ex)

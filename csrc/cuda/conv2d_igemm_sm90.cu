@@ -57,6 +57,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "common.cuh"
@@ -710,6 +711,20 @@ bool set_geometry(const Conv2dShape& s, const Sm90Plan& plan, int chunk, Sm90Par
   return tiles < kSm90IndexLimit;
 }
 
+// The plan run_fprop launches with `ws_bytes` of workspace for the partials: the rule's split-K only when
+// they fit (else the plain tiles, still correct), none for remapped rows (strided dgrad's classes); false
+// for a forced split-K without its partials (the caller's error).
+bool fprop_plan(const Conv2dShape& s, int elem_bytes, Sm90Tile tile, bool remapped, size_t ws_bytes, Sm90Plan* out) {
+  Sm90Plan plan = make_plan(s, elem_bytes, tile);
+  if (remapped && plan.splits > 1) plan = make_plan(s, elem_bytes, Sm90Tile::kSmall);
+  if (plan.splits > 1 && ws_bytes < splitk_bytes(s, plan)) {
+    if (tile != Sm90Tile::kAuto) return false;
+    plan = make_plan(s, elem_bytes, Sm90Tile::kSmall);
+  }
+  *out = plan;
+  return true;
+}
+
 // x's im2col map: `pixels` output pixels (a column of the im2col matrix) x 128 bytes of channels per box,
 // window corners from the padding (or a residue class's remap), traversal strides = the conv's strides.
 template <typename T>
@@ -732,14 +747,9 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
   if (!sm90_device(&sms) || (rm == nullptr && !fprop_geometry_ok(s, sizeof(T))) || x == nullptr || w == nullptr ||
       y == nullptr || !aligned(x, 16) || !aligned(w, 16))
     return cudaErrorInvalidValue;
-  Sm90Plan plan = make_plan(s, sizeof(T), tile);
-  if (rm != nullptr && plan.splits > 1) plan = make_plan(s, sizeof(T), Sm90Tile::kSmall);  // rows remapped: no split
-  if (plan.splits > 1 && (ws == nullptr || ws_bytes < splitk_bytes(s, plan) || !aligned(ws, 16))) {
-    // The rule's split-K only when the caller's workspace holds the partials (else the plain tiles,
-    // still correct); a forced split-K without them is the caller's error.
-    if (tile != Sm90Tile::kAuto) return cudaErrorInvalidValue;
-    plan = make_plan(s, sizeof(T), Sm90Tile::kSmall);
-  }
+  Sm90Plan plan;
+  if (!fprop_plan(s, sizeof(T), tile, rm != nullptr, ws == nullptr || !aligned(ws, 16) ? 0 : ws_bytes, &plan))
+    return cudaErrorInvalidValue;
   const int bm = plan.large ? Sm90Large::kBM : Sm90Small::kBM, bn = plan.large ? Sm90Large::kBN : Sm90Small::kBN;
   constexpr uint32_t kBK = 128 / sizeof(T);
 
@@ -877,6 +887,38 @@ size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, in
   return fixed + split;
 }
 
+// The configuration the launcher runs for s under a workspace of `limit` bytes, in words (explain()).
+std::string describe_plan(const Sm90Plan& p, int64_t groups) {
+  const int64_t tiles = p.m_tiles * p.n_tiles * groups;
+  return std::string(p.large ? "128x128" : "64x64") + " tiles (" + std::to_string(tiles) + (tiles == 1 ? " tile" : " tiles") +
+         (p.splits > 1 ? " x " + std::to_string(p.splits) + " K slices" : "") + ", " + std::to_string(p.k_iters) +
+         " k-iterations)";
+}
+
+std::string describe_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t limit) {
+  if (!can_implement_tile(tile, s, dir, elem_bytes)) return "";
+  Sm90Plan plan;
+  if (dir == ConvDir::kWgrad) {
+    plan = make_wgrad_plan(s, tile, tile == Sm90Tile::kSplitK ? SIZE_MAX : limit);
+    return "wgrad: " + describe_plan(plan, s.groups);
+  }
+  Conv2dShape f = s;
+  size_t fixed = bias_bytes(s);
+  if (dir == ConvDir::kDgrad) {
+    std::vector<DgradClass> classes;
+    if (dgrad_classes(s, elem_bytes, &classes)) {
+      int64_t live = 0;
+      for (const DgradClass& c : classes) live += c.Rt > 0 && c.St > 0 ? 1 : 0;
+      return "dgrad: " + std::to_string(classes.size()) + " residue classes (" + std::to_string(live) +
+             " with taps), each a stride-1 fprop of dy under the tile rule";
+    }
+    dgrad_as_fprop(s, &f);
+    fixed = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * size_t(elem_bytes));
+  }
+  if (!fprop_plan(f, elem_bytes, tile, false, limit > fixed ? limit - fixed : 0, &plan)) plan = make_plan(f, elem_bytes, tile);
+  return std::string(dir == ConvDir::kDgrad ? "dgrad (flipped filter): " : "") + describe_plan(plan, s.groups);
+}
+
 template <typename T>
 cudaError_t fprop_fused_tile(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const float* scale,
                              const float* bias, const T* residual, bool relu, T* y, void* ws, size_t ws_bytes,
@@ -964,6 +1006,9 @@ cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T
   }                                                                                                                  \
   size_t conv2d_##algo##_workspace_bytes(const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t limit) {          \
     return workspace_bytes_tile(tile, s, dir, elem_bytes, limit);                                                    \
+  }                                                                                                                  \
+  std::string conv2d_##algo##_describe(const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t limit) {            \
+    return describe_tile(tile, s, dir, elem_bytes, limit);                                                           \
   }                                                                                                                  \
   template <typename T>                                                                                              \
   cudaError_t conv2d_##algo##_fprop(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, void* ws,     \

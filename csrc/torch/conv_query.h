@@ -12,7 +12,7 @@ namespace fastconv {
 
 struct ConvQuery {
   bool ok;
-  std::string reason;       // why not, when !ok
+  std::string reason;       // why not, when !ok; when ok, the plan in words where the algorithm has one
   int64_t workspace_bytes;  // at the given limit; when over it, the least the algorithm runs with
 };
 

@@ -50,6 +50,8 @@ struct ConvAlgo {
   bool nhwc_only;
   // Its float32 kernels run on TF32 tensor cores: float32 only while TF32 is allowed (workspace.h).
   bool float_is_tf32;
+  // What the launcher would run, in words (the Hopper engine's tile plan), for explain(); may be null.
+  std::string (*describe)(const Conv2dShape&, ConvDir, int, size_t) = nullptr;
   bool has_double() const { return f64.fprop != nullptr; }
 };
 
@@ -114,20 +116,24 @@ const ConvAlgo* find_conv_algo(c10::string_view name) {
       {"implicit_gemm_sm90", &cuda::conv2d_implicit_gemm_sm90_can_implement,
        &cuda::conv2d_implicit_gemm_sm90_workspace_bytes, &implicit_gemm_sm90_why_not,
        FASTCONV_CONV_FNS(implicit_gemm_sm90, float), FASTCONV_CONV_FNS(implicit_gemm_sm90, __half),
-       FASTCONV_CONV_FNS(implicit_gemm_sm90, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+       FASTCONV_CONV_FNS(implicit_gemm_sm90, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true,
+       &cuda::conv2d_implicit_gemm_sm90_describe},
       // The same engine with one tile configuration forced (the kernel's rule picks among them above).
       {"implicit_gemm_sm90_128x128", &cuda::conv2d_implicit_gemm_sm90_128x128_can_implement,
        &cuda::conv2d_implicit_gemm_sm90_128x128_workspace_bytes, &implicit_gemm_sm90_why_not,
        FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, __half),
-       FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true,
+       &cuda::conv2d_implicit_gemm_sm90_128x128_describe},
       {"implicit_gemm_sm90_64x64", &cuda::conv2d_implicit_gemm_sm90_64x64_can_implement,
        &cuda::conv2d_implicit_gemm_sm90_64x64_workspace_bytes, &implicit_gemm_sm90_why_not,
        FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, __half),
-       FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true,
+       &cuda::conv2d_implicit_gemm_sm90_64x64_describe},
       {"implicit_gemm_sm90_splitk", &cuda::conv2d_implicit_gemm_sm90_splitk_can_implement,
        &cuda::conv2d_implicit_gemm_sm90_splitk_workspace_bytes, &implicit_gemm_sm90_why_not,
        FASTCONV_CONV_FNS(implicit_gemm_sm90_splitk, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_splitk, __half),
-       FASTCONV_CONV_FNS(implicit_gemm_sm90_splitk, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true},
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_splitk, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true,
+       &cuda::conv2d_implicit_gemm_sm90_splitk_describe},
   };
   for (const auto& a : kAlgos) {
     if (name == a.name) return &a;
@@ -330,7 +336,9 @@ ConvQuery cuda_conv_query(const std::string& algo, int dir, const std::array<int
   if (bytes > limit)
     return {false, "needs " + std::to_string(bytes) + " bytes of workspace, over the limit of " +
                        std::to_string(limit), static_cast<int64_t>(bytes)};
-  return {true, "", static_cast<int64_t>(bytes)};
+  // Success: the reason field carries the plan in words where the algorithm has one (explain()).
+  return {true, a->describe != nullptr ? a->describe(s, d, elem_bytes, limit) : std::string(),
+          static_cast<int64_t>(bytes)};
 }
 
 }  // namespace fastconv

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include <cuda_runtime_api.h>
 #include <cuda_fp16.h>
@@ -70,17 +71,24 @@ FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
 // CC 9.0 device only: can_implement is false elsewhere) on NHWC x / KRSC w / NPQK y. T in {__half,
 // __nv_bfloat16, float}; float runs on TF32 tensor cores (the binding allows it only when TF32 is
 // enabled). fprop (any stride/padding/dilation within TMA's im2col limits; C·elem and C/groups·elem
-// multiples of 16 bytes; groups > 1 needs C/groups a multiple of 128 bytes of channels) and dgrad (stride 1
-// as an fprop of the flipped filter; stride > 1 with dilation 1 by residue classes); no wgrad. Workspace:
-// fprop the bias as float and, when it fits the limit, FP32 split-K partials (small-M problems); dgrad the
-// flipped filter or the classes' sub-filters (+ partials for stride 1).
+// multiples of 16 bytes; groups > 1 needs C/groups a multiple of 128 bytes of channels), dgrad (stride 1
+// as an fprop of the flipped filter; stride > 1 by residue classes; K·elem a multiple of 16 bytes) and
+// wgrad (16-bit only; K·elem a multiple of 16 bytes). Workspace: fprop the bias as float and, when it
+// fits the limit, FP32 split-K partials (small-M problems); dgrad the flipped filter or the classes'
+// sub-filters (+ partials for stride 1); wgrad the split-K partials, as many slices as fit.
 // Never run on a GPU yet: verified on the emulated sm_90 device only. The tile configuration is the
-// launcher's rule (conv2d_igemm_sm90.cu: make_plan); the _128x128, _64x64 and _splitk algorithms force
-// one (same contract; _splitk needs its partials in the workspace), for the autotuner and for users.
-FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90)
-FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90_128x128)
-FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90_64x64)
-FASTCONV_DECLARE_CONV_ALGO(implicit_gemm_sm90_splitk)
+// launcher's rule (conv2d_igemm_sm90.cu: make_plan, make_wgrad_plan); the _128x128, _64x64 and _splitk
+// algorithms force one (same contract; _splitk needs its partials in the workspace), for the autotuner
+// and for users. _describe says in words what the launcher would run under a workspace limit ("" when
+// it cannot implement s): explain() shows it.
+#define FASTCONV_DECLARE_SM90_ALGO(algo)                                                                  \
+  FASTCONV_DECLARE_CONV_ALGO(algo)                                                                        \
+  std::string conv2d_##algo##_describe(const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t limit);
+FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90)
+FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90_128x128)
+FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90_64x64)
+FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90_splitk)
+#undef FASTCONV_DECLARE_SM90_ALGO
 
 #undef FASTCONV_DECLARE_CONV_ALGO
 
