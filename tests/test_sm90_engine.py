@@ -339,3 +339,44 @@ def test_kernel_plan_says_what_the_rule_runs():
     ex = fastconv.explain(_problem(256, 256, 14, 256, 3, pad=1), verbose=False)
     line = next(ln for ln in str(ex).splitlines() if ln[2:].split()[0] == ALGO)
     assert "128x128 tiles (784 tiles" in line, str(ex)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_shapes_dgrad_wgrad(seed):
+    # Random small problems (odd C/K, groups, strides 1-4, dilations 1-3, padding 0-3, tiny maps) that the
+    # engine accepts, dgrad and wgrad against torch.nn.grad in float64 on the same rounded operands.
+    import random
+
+    rng = random.Random(seed)
+    ran = {1: 0, 2: 0}
+    while min(ran.values()) < 12:
+        n, c, k = rng.choice([1, 2, 3]), rng.choice([8, 16, 24, 40, 64, 72]), rng.choice([8, 16, 24, 40, 64, 136])
+        g = rng.choice([1, 1, 2, 4])
+        r, s, h, w = rng.choice([1, 2, 3, 5]), rng.choice([1, 3, 4]), rng.randint(1, 12), rng.randint(1, 12)
+        st, dl = (rng.choice([1, 2, 3, 4]), rng.choice([1, 2, 3])), (rng.choice([1, 2, 3]), rng.choice([1, 2]))
+        pd = (rng.randint(0, 3), rng.randint(0, 3))
+        dtype = rng.choice([torch.float16, torch.bfloat16])
+        p = algorithms.ConvProblem(n, c, h, w, k, r, s, st, pd, dl, g, dtype, "cuda", True, None, EMULATED)
+        if c % g or k % g or p.P <= 0 or p.Q <= 0:
+            continue
+        x, wt, dy = _inputs([(n, c, h, w), (k, c // g, r, s), (n, k, p.P, p.Q)], seed=len(ran) + sum(ran.values()))
+        for d in (1, 2):
+            if not algorithms.kernel_query(ALGO, p, d)[0]:
+                continue
+            ran[d] += 1
+            _judge_backward_direction(d, p, x, wt, dy)
+
+
+def _judge_backward_direction(d, p, x, wt, dy):
+    n, c, h, w, g = p.N, p.C, p.H, p.W, p.groups
+    st, pd, dl = list(p.stride), list(p.padding), list(p.dilation)
+    if d == 1:
+        judge_against_torch(
+            lambda dy, wt: ops.conv2d_dgrad(dy, wt, [n, c, h, w], st, pd, dl, g, ALGO),
+            lambda dy, wt: torch.nn.grad.conv2d_input([n, c, h, w], wt, dy, st, pd, dl, g),
+            [_cl(dy), _cl(wt)], p.dtype, CUDA_DEVICE, what=f"dgrad {p}")
+    else:
+        judge_against_torch(
+            lambda dy, x: ops.conv2d_wgrad(dy, x, list(wt.shape), st, pd, dl, g, ALGO),
+            lambda dy, x: torch.nn.grad.conv2d_weight(x, list(wt.shape), dy, st, pd, dl, g),
+            [_cl(dy), _cl(x)], p.dtype, CUDA_DEVICE, what=f"wgrad {p}")

@@ -140,7 +140,7 @@ struct Sm90Params {
   // wgrad (GEMM M = Kg filters, N = R·S·chunks·64 filter columns, K = N·P·Q pixels): RS = R·S taps,
   // `chunks` 64-channel chunks per tap, Cg channels, k_iters of 64 pixels; dw row length RS·Cg,
   // partial_total = K·R·S·Cg (one split's partials).
-  int RS, NPQ;
+  int RS;
   int64_t partial_total;
 };
 
@@ -521,7 +521,7 @@ Sm90Plan make_plan(const Conv2dShape& s, int elem_bytes, Sm90Tile tile) {
 size_t align_ws(size_t b) { return (b + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
 
 // wgrad: GEMM M = Kg filters, N = R·S·chunks·64 columns, K = N·P·Q pixels in k-iterations of 64. The MN
-// tiles are few (a 3x3, 64-filter layer has 5 of 128 x 128) and K is long, so split-K is the rule's
+// tiles are few (a 3x3 64→64 layer has 9 of 64 x 64) and K is long (N·P·Q / 64 k-iterations), so split-K is the rule's
 // norm: slices until the tiles fill the SMs, >= 8 k-iterations each, at most kWgradMaxSplits, and only
 // as many as the workspace holds (`ws_limit`; one slice = no partials). kSplitK forces >= 2 slices of the
 // 64 x 64 tile whatever the workspace (the launcher refuses when they do not fit).
@@ -828,7 +828,6 @@ cudaError_t run_wgrad(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T*
     if (!set_geometry(s, plan, int(kWgradChunk), &p)) return cudaErrorInvalidValue;
     p.M = int(s.Kg());
     p.RS = int(s.R * s.S);
-    p.NPQ = int(s.fprop_m());
     p.partial_total = s.K * s.R * s.S * s.Cg();
     p.vec_store = s.Cg() % 2 == 0 && aligned(dw, 4);
     if (plan.splits > 1) {
