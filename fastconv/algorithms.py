@@ -235,7 +235,7 @@ def _kernel_workspace(algo: str) -> Callable[[ConvProblem], int]:
 
 
 # The Hopper engine's forced tile configurations (csrc/cuda/conv2d_igemm_sm90.cu).
-_SM90_TILES = ("128x128", "64x64", "splitk")
+_SM90_TILES = ("128x128", "128x64", "64x64", "splitk")
 
 # device type -> algorithm -> rule (only what was built appears for CUDA).
 _RULES: Dict[str, Dict[str, Rule]] = {

@@ -52,7 +52,8 @@ CONV_CASES = [
 ]
 
 
-_TENSOR_CORE_ALGOS = ("implicit_gemm", "implicit_gemm_sm90", "implicit_gemm_sm90_128x128", "implicit_gemm_sm90_64x64",
+_TENSOR_CORE_ALGOS = ("implicit_gemm", "implicit_gemm_sm90", "implicit_gemm_sm90_128x128", "implicit_gemm_sm90_128x64",
+                      "implicit_gemm_sm90_64x64",
                       "implicit_gemm_sm90_splitk")
 
 

@@ -194,7 +194,8 @@ def test_auto_never_picks_the_unmeasured_engine():
             assert not algorithms.heuristic(p).startswith("implicit_gemm_sm90")
 
 
-VARIANTS = ["implicit_gemm_sm90_128x128", "implicit_gemm_sm90_64x64", "implicit_gemm_sm90_splitk"]
+VARIANTS = ["implicit_gemm_sm90_128x128", "implicit_gemm_sm90_128x64", "implicit_gemm_sm90_64x64",
+            "implicit_gemm_sm90_splitk"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -327,6 +328,10 @@ def test_kernel_plan_says_what_the_rule_runs():
     assert algorithms.kernel_plan(ALGO, _problem(32, 256, 14, 256, 3, pad=1)).startswith("64x64 tiles (")
     big = algorithms.kernel_plan(ALGO, _problem(256, 256, 14, 256, 3, pad=1))
     assert big == "128x128 tiles (784 tiles, 36 k-iterations)", big
+    # 64 filters at 56², batch 8: 196 tiles of 128 x 64 (two consumers of 64 columns); batch 2: 49 of them
+    # are too few, so 98 of 64 x 64.
+    assert algorithms.kernel_plan(ALGO, _problem(8, 64, 56, 64, 3, pad=1)) == "128x64 tiles (196 tiles, 9 k-iterations)"
+    assert algorithms.kernel_plan(ALGO, _problem(2, 64, 56, 64, 3, pad=1)) == "64x64 tiles (98 tiles, 9 k-iterations)"
     # Batch 1, 7², 512 -> 64: one 64x64 tile of 72 k-iterations -> split into K slices (>= 8 iterations each).
     late = algorithms.kernel_plan(ALGO, _problem(1, 512, 7, 64, 3, pad=1))
     assert late == "64x64 tiles (1 tile x 9 K slices, 72 k-iterations)", late

@@ -6,7 +6,8 @@
 //         CC = ceil(Cg / BK) channel chunks of BK elements = 128 bytes)
 //   A[m][k] = x[n, p·sh − ph + r·dh, q·sw − pw + s·dw, g·Cg + c] (0 in padding)   B[j][k] = w[g·Kg + j, r, s, c]
 //
-// Kernel: igemm_sm90_kernel<Cfg, T, kSplitK>, a persistent grid (min(tiles, SMs · blocks per SM)) of
+// Kernel: igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad>, Cfg one of Sm90Large (128 x 128), Sm90Wide (128 x 64)
+// and Sm90Small (64 x 64), a persistent grid (min(tiles, SMs · Cfg::kBlocksPerSm = 1)) of
 // blocks of 1 producer warpgroup + Cfg::kConsumers consumer warpgroups (128 threads each). Block b
 // processes tiles b, b + gridDim.x, ... (tile = (split, m-tile, n-tile, group), m fastest so that
 // neighbouring blocks share filter tiles in L2); producer and consumers walk the same sequence.
@@ -98,11 +99,19 @@ struct Sm90Config {
   static_assert(kSteps * kStepBytes == kRowBytes, "the wgmma steps cover the stage's K extent");
   static_assert(kTileABytes % kAlign == 0 && kTileBBytes % kAlign == 0, "every tile starts on a swizzle pattern");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory must fit an H100/H200's 227 KB per block");
-  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536,
-                "the register budgets must fit the SM's 64K registers");
+  static constexpr int kRegBudget = 128 * kProducerRegs + 128 * kConsumers * kConsumerRegs;
+  static_assert(kRegBudget <= 65536, "the register budgets must fit the SM's 64K registers");
+  // Resident blocks per SM: the setmaxnreg budgets claim most of the register file (every configuration
+  // here: one block), whatever the shared memory would allow. The persistent grid is SMs x this.
+  static constexpr int kBlocksPerSm = (227 * 1024 / kSmemBytes) < (65536 / kRegBudget) ? (227 * 1024 / kSmemBytes)
+                                                                                         : (65536 / kRegBudget);
+  static_assert(kBlocksPerSm >= 1, "one block must fit an SM");
 };
-// 128 x 128, 4 stages (129 KB, one block per SM): the large-problem tile.
+// 128 x 128, 4 stages (129 KB): the large-problem tile.
 using Sm90Large = Sm90Config<128, 128, 4>;
+// 128 x 64, 4 stages (97 KB): two consumers of 64 x 64 — Kg <= 64 layers with many pixels (ResNet-50's
+// 3x3 64 at 56²), where 128 x 128 would compute half its columns for nothing and 64 x 64 has one consumer.
+using Sm90Wide = Sm90Config<128, 64, 4>;
 // 64 x 64, 4 stages (65 KB): small M or Kg; also the split-K configuration (late layers at small batch).
 using Sm90Small = Sm90Config<64, 64, 4>;
 
@@ -482,32 +491,43 @@ bool wgrad_geometry_ok(const Conv2dShape& s, int elem_bytes) {
   return true;
 }
 
+// Which tile configuration: the launcher's rule below (kAuto), or one forced (the algorithms
+// implicit_gemm_sm90_{128x128, 128x64, 64x64, splitk}, for the autotuner and for users).
+enum class Sm90Tile { kAuto, kLarge, kWide, kSmall, kSplitK };
+
 struct Sm90Plan {
-  bool large;
+  int bm, bn;  // the configuration: Sm90Large, Sm90Wide or Sm90Small
   int64_t m_tiles, n_tiles, splits, iters_per_split, k_iters;
 };
 
-// Which tile configuration: the launcher's rule below (kAuto), or one forced (the algorithms
-// implicit_gemm_sm90_{128x128, 64x64, splitk}, for the autotuner and for users).
-enum class Sm90Tile { kAuto, kLarge, kSmall, kSplitK };
+// bm x bn of a forced tile, or of the rule's pick among large / wide / small.
+void set_tile(Sm90Plan* plan, bool large, bool wide) {
+  plan->bm = large ? Sm90Large::kBM : wide ? Sm90Wide::kBM : Sm90Small::kBM;
+  plan->bn = large ? Sm90Large::kBN : wide ? Sm90Wide::kBN : Sm90Small::kBN;
+}
 
 int64_t k_iters_of(const Conv2dShape& s, int elem_bytes) { return s.R * s.S * ceil_div64(s.Cg(), 128 / elem_bytes); }
 
-// The tile rule: 128 x 128 when Kg fills it and there are enough such tiles for every SM; else 64 x 64,
-// cut into K slices (split-K) when even those cannot fill the SMs and each slice keeps >= 8 k-iterations.
+// The tile rule: 128 x 128 when Kg fills it and there are enough such tiles for every SM; 128 x 64 when
+// Kg < 128 and its tiles fill the SMs; else 64 x 64, cut into K slices (split-K) when even those cannot
+// fill the SMs and each slice keeps >= 8 k-iterations.
 Sm90Plan make_plan(const Conv2dShape& s, int elem_bytes, Sm90Tile tile) {
   Sm90Plan plan{};
   const int64_t M = s.fprop_m(), Kg = s.Kg();
   plan.k_iters = k_iters_of(s, elem_bytes);
   const int64_t large_tiles = ceil_div64(M, Sm90Large::kBM) * ceil_div64(Kg, Sm90Large::kBN) * s.groups;
-  plan.large = tile == Sm90Tile::kLarge ||
-               (tile == Sm90Tile::kAuto && Kg >= Sm90Large::kBN && large_tiles >= kSm90LargeMinTiles);
-  const int bm = plan.large ? Sm90Large::kBM : Sm90Small::kBM, bn = plan.large ? Sm90Large::kBN : Sm90Small::kBN;
-  plan.m_tiles = ceil_div64(M, bm);
-  plan.n_tiles = ceil_div64(Kg, bn);
+  const int64_t wide_tiles = ceil_div64(M, Sm90Wide::kBM) * ceil_div64(Kg, Sm90Wide::kBN) * s.groups;
+  const bool large = tile == Sm90Tile::kLarge ||
+                     (tile == Sm90Tile::kAuto && Kg >= Sm90Large::kBN && large_tiles >= kSm90LargeMinTiles);
+  const bool wide = !large && (tile == Sm90Tile::kWide || (tile == Sm90Tile::kAuto && Kg < Sm90Large::kBN &&
+                                                           wide_tiles >= kSm90LargeMinTiles));
+  set_tile(&plan, large, wide);
+  plan.m_tiles = ceil_div64(M, plan.bm);
+  plan.n_tiles = ceil_div64(Kg, plan.bn);
   plan.splits = 1;
   const int64_t mn = plan.m_tiles * plan.n_tiles * s.groups;
-  if (tile == Sm90Tile::kSplitK || (tile == Sm90Tile::kAuto && !plan.large && mn < kSm90LargeMinTiles)) {
+  if (tile == Sm90Tile::kSplitK ||
+      (tile == Sm90Tile::kAuto && plan.bm == Sm90Small::kBM && mn < kSm90LargeMinTiles)) {
     int64_t splits = ceil_div64(kSm90LargeMinTiles, mn);
     splits = std::min<int64_t>(splits, std::max<int64_t>(1, plan.k_iters / kSplitKMinIters));
     if (tile == Sm90Tile::kSplitK) splits = std::max<int64_t>(splits, 2);  // forced: at least two slices
@@ -534,10 +554,14 @@ Sm90Plan make_wgrad_plan(const Conv2dShape& s, Sm90Tile tile, size_t ws_limit) {
   Sm90Plan plan{};
   const int64_t Kg = s.Kg(), cols = s.R * s.S * ceil_div64(s.Cg(), kWgradChunk) * kWgradChunk;
   plan.k_iters = ceil_div64(s.fprop_m(), kWgradChunk);
-  plan.large = tile == Sm90Tile::kLarge || (tile == Sm90Tile::kAuto && Kg >= Sm90Large::kBM && cols >= Sm90Large::kBN);
-  const int bm = plan.large ? Sm90Large::kBM : Sm90Small::kBM, bn = plan.large ? Sm90Large::kBN : Sm90Small::kBN;
-  plan.m_tiles = ceil_div64(Kg, bm);
-  plan.n_tiles = ceil_div64(cols, bn);
+  // 128 x 128 when both Kg and the columns fill it; 128 x 64 for many filters over one 64-channel tap
+  // (1x1 convs with C <= 64); else 64 x 64.
+  const bool large = tile == Sm90Tile::kLarge ||
+                     (tile == Sm90Tile::kAuto && Kg >= Sm90Large::kBM && cols >= Sm90Large::kBN);
+  const bool wide = !large && (tile == Sm90Tile::kWide || (tile == Sm90Tile::kAuto && Kg >= Sm90Wide::kBM));
+  set_tile(&plan, large, wide);
+  plan.m_tiles = ceil_div64(Kg, plan.bm);
+  plan.n_tiles = ceil_div64(cols, plan.bn);
   const int64_t mn = plan.m_tiles * plan.n_tiles * s.groups;
   int64_t splits = ceil_div64(kSm90LargeMinTiles, mn);
   splits = std::min<int64_t>({splits, std::max<int64_t>(1, plan.k_iters / kSplitKMinIters), kWgradMaxSplits});
@@ -677,8 +701,7 @@ cudaError_t launch_cfg(const CUtensorMap& tx, const CUtensorMap& tw, const Sm90P
   const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const int per_sm = std::max(1, (227 * 1024) / Cfg::kSmemBytes);
-  const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(p.tiles, int64_t(sms) * per_sm));
+  const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(p.tiles, int64_t(sms) * Cfg::kBlocksPerSm));
   FC_LAUNCH(dim3(grid), Cfg::kThreads, Cfg::kSmemBytes, stream, kernel)(tx, tw, p);
   return launch_status();
 }
@@ -709,6 +732,17 @@ bool set_geometry(const Conv2dShape& s, const Sm90Plan& plan, int chunk, Sm90Par
   const int64_t tiles = plan.m_tiles * plan.n_tiles * s.groups * plan.splits;
   p->tiles = int(tiles);
   return tiles < kSm90IndexLimit;
+}
+
+// The kernel of a plan's configuration.
+template <typename T, bool kSplitK, bool kWgrad>
+cudaError_t launch_plan(const Sm90Plan& plan, const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p,
+                        int sms, cudaStream_t stream) {
+  if (plan.bm == Sm90Large::kBM && plan.bn == Sm90Large::kBN)
+    return launch_cfg<Sm90Large, T, kSplitK, kWgrad>(tx, tw, p, sms, stream);
+  if (plan.bm == Sm90Wide::kBM && plan.bn == Sm90Wide::kBN)
+    return launch_cfg<Sm90Wide, T, kSplitK, kWgrad>(tx, tw, p, sms, stream);
+  return launch_cfg<Sm90Small, T, kSplitK, kWgrad>(tx, tw, p, sms, stream);
 }
 
 // The plan run_fprop launches with `ws_bytes` of workspace for the partials: the rule's split-K only when
@@ -750,7 +784,7 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
   Sm90Plan plan;
   if (!fprop_plan(s, sizeof(T), tile, rm != nullptr, ws == nullptr || !aligned(ws, 16) ? 0 : ws_bytes, &plan))
     return cudaErrorInvalidValue;
-  const int bm = plan.large ? Sm90Large::kBM : Sm90Small::kBM, bn = plan.large ? Sm90Large::kBN : Sm90Small::kBN;
+  const int bm = plan.bm, bn = plan.bn;
   constexpr uint32_t kBK = 128 / sizeof(T);
 
   CUtensorMap tx, tw;
@@ -784,14 +818,13 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
                 p.o_base % 2 == 0 && aligned(y, 4) && (epi.residual == nullptr || aligned(epi.residual, 4));
 
   if (plan.splits > 1) {
-    cudaError_t err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
+    cudaError_t err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);  // split plans are 64 x 64
     if (err != cudaSuccess) return err;
     const int64_t total = s.fprop_m() * s.K;
     FC_LAUNCH(grid_for(total, 256), 256, 0, stream, splitk_reduce_kernel<T>)(p.partial, p.splits, total, epi, y, s.K);
     return launch_status();
   }
-  return plan.large ? launch_cfg<Sm90Large, T, false>(tx, tw, p, sms, stream)
-                    : launch_cfg<Sm90Small, T, false>(tx, tw, p, sms, stream);
+  return launch_plan<T, false, false>(plan, tx, tw, p, sms, stream);
 }
 
 // dw = dy^T · im2col(x) (see the kernel's kWgrad) for a geometry wgrad_geometry_ok accepted; ws: the
@@ -831,15 +864,13 @@ cudaError_t run_wgrad(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T*
     p.partial_total = s.K * s.R * s.S * s.Cg();
     p.vec_store = s.Cg() % 2 == 0 && aligned(dw, 4);
     if (plan.splits > 1) {
-      err = plan.large ? launch_cfg<Sm90Large, T, true, true>(tx, tdy, p, sms, stream)
-                       : launch_cfg<Sm90Small, T, true, true>(tx, tdy, p, sms, stream);
+      err = launch_plan<T, true, true>(plan, tx, tdy, p, sms, stream);
       if (err != cudaSuccess) return err;
       FC_LAUNCH(grid_for(p.partial_total, 256), 256, 0, stream, splitk_reduce_kernel<T>)(
           p.partial, p.splits, p.partial_total, ConvEpilogue<T>{}, dw, p.partial_total);
       return launch_status();
     }
-    return plan.large ? launch_cfg<Sm90Large, T, false, true>(tx, tdy, p, sms, stream)
-                      : launch_cfg<Sm90Small, T, false, true>(tx, tdy, p, sms, stream);
+    return launch_plan<T, false, true>(plan, tx, tdy, p, sms, stream);
   }
 }
 
@@ -889,7 +920,7 @@ size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, in
 // The configuration the launcher runs for s under a workspace of `limit` bytes, in words (explain()).
 std::string describe_plan(const Sm90Plan& p, int64_t groups) {
   const int64_t tiles = p.m_tiles * p.n_tiles * groups;
-  return std::string(p.large ? "128x128" : "64x64") + " tiles (" + std::to_string(tiles) + (tiles == 1 ? " tile" : " tiles") +
+  return std::to_string(p.bm) + "x" + std::to_string(p.bn) + " tiles (" + std::to_string(tiles) + (tiles == 1 ? " tile" : " tiles") +
          (p.splits > 1 ? " x " + std::to_string(p.splits) + " K slices" : "") + ", " + std::to_string(p.k_iters) +
          " k-iterations)";
 }
@@ -998,7 +1029,7 @@ cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T
 
 }  // namespace
 
-// The four algorithms of this file: the rule's tiles, and each configuration forced.
+// The five algorithms of this file: the rule's tiles, and each configuration forced.
 #define FASTCONV_SM90_ALGO(algo, tile)                                                                               \
   bool conv2d_##algo##_can_implement(const Conv2dShape& s, ConvDir dir, int elem_bytes) {                            \
     return can_implement_tile(tile, s, dir, elem_bytes);                                                             \
@@ -1047,6 +1078,7 @@ cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T
                                                     size_t, cudaStream_t);
 FASTCONV_SM90_ALGO(implicit_gemm_sm90, Sm90Tile::kAuto)
 FASTCONV_SM90_ALGO(implicit_gemm_sm90_128x128, Sm90Tile::kLarge)
+FASTCONV_SM90_ALGO(implicit_gemm_sm90_128x64, Sm90Tile::kWide)
 FASTCONV_SM90_ALGO(implicit_gemm_sm90_64x64, Sm90Tile::kSmall)
 FASTCONV_SM90_ALGO(implicit_gemm_sm90_splitk, Sm90Tile::kSplitK)
 #undef FASTCONV_SM90_ALGO

@@ -7,7 +7,8 @@
 //    layer class at a small batch (1x1 expand and reduce, 3x3, 3x3 stride 2, 1x1 stride 2, 5x5, 7x7
 //    maps), odd sizes (9x9, K = 40 not a multiple of the tile, C = 24), padding/dilation 2, groups 2
 //    with C/groups = 128 bytes of channels, a split-K shape (batch 1, 7x7, K = 9·512), and the large
-//    tile configuration (132 tiles of 128 x 128, f16), and each configuration forced (128x128 on tails,
+//    tile configuration (132 tiles of 128 x 128, f16), the wide one (133 tiles of 128 x 64, bf16; wgrad
+//    with 256 filters over one 64-channel tap takes it too), and each configuration forced (128x128 on tails,
 //    64x64 on the large case, split-K on ordinary shapes); each as plain fprop, fprop + bias, and the fused epilogue (scale, bias, residual,
 //    ReLU). y is pre-filled with NaN so an unwritten element fails. Reference: the same rounded inputs
 //    (for TF32: truncated to TF32, the tensor core's reading of FP32) on the CPU in double.
@@ -154,15 +155,17 @@ bool compare(const char* what, const Case& c, const std::vector<T>& got, const s
 }
 
 // Which entry point: the launcher's tile rule, or one configuration forced.
-enum Variant { kRule, kForce128, kForce64, kForceSplitK };
+enum Variant { kRule, kForce128, kForceWide, kForce64, kForceSplitK };
 const char* variant_name(Variant v) {
-  return v == kRule ? "" : v == kForce128 ? " [128x128]" : v == kForce64 ? " [64x64]" : " [splitk]";
+  return v == kRule ? "" : v == kForce128 ? " [128x128]" : v == kForceWide ? " [128x64]" : v == kForce64 ? " [64x64]"
+                                                                                                           : " [splitk]";
 }
 template <typename T>
 cudaError_t run_variant(Variant v, const Conv2dShape& s, const T* x, const T* w, const T* b, T* y, void* ws,
                         size_t ws_bytes) {
   switch (v) {
     case kForce128: return conv2d_implicit_gemm_sm90_128x128_fprop<T>(s, x, w, b, y, ws, ws_bytes, 0);
+    case kForceWide: return conv2d_implicit_gemm_sm90_128x64_fprop<T>(s, x, w, b, y, ws, ws_bytes, 0);
     case kForce64: return conv2d_implicit_gemm_sm90_64x64_fprop<T>(s, x, w, b, y, ws, ws_bytes, 0);
     case kForceSplitK: return conv2d_implicit_gemm_sm90_splitk_fprop<T>(s, x, w, b, y, ws, ws_bytes, 0);
     default: return conv2d_implicit_gemm_sm90_fprop<T>(s, x, w, b, y, ws, ws_bytes, 0);
@@ -172,6 +175,7 @@ size_t variant_ws(Variant v, const Conv2dShape& s, int eb) {
   const size_t lim = size_t(1) << 30;
   switch (v) {
     case kForce128: return conv2d_implicit_gemm_sm90_128x128_workspace_bytes(s, ConvDir::kFprop, eb, lim);
+    case kForceWide: return conv2d_implicit_gemm_sm90_128x64_workspace_bytes(s, ConvDir::kFprop, eb, lim);
     case kForce64: return conv2d_implicit_gemm_sm90_64x64_workspace_bytes(s, ConvDir::kFprop, eb, lim);
     case kForceSplitK: return conv2d_implicit_gemm_sm90_splitk_workspace_bytes(s, ConvDir::kFprop, eb, lim);
     default: return conv2d_implicit_gemm_sm90_workspace_bytes(s, ConvDir::kFprop, eb, lim);
@@ -336,6 +340,7 @@ bool check_wgrad(const Case& c, Variant variant = kRule, size_t ws_limit = size_
   size_t ws_bytes = 0;
   switch (variant) {
     case kForce128: ws_bytes = conv2d_implicit_gemm_sm90_128x128_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
+    case kForceWide: ws_bytes = conv2d_implicit_gemm_sm90_128x64_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
     case kForce64: ws_bytes = conv2d_implicit_gemm_sm90_64x64_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
     case kForceSplitK: ws_bytes = conv2d_implicit_gemm_sm90_splitk_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
     default: ws_bytes = conv2d_implicit_gemm_sm90_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit);
@@ -348,6 +353,7 @@ bool check_wgrad(const Case& c, Variant variant = kRule, size_t ws_limit = size_
   void* wsp = ws_bytes ? static_cast<void*>(ws.p) : nullptr;
   switch (variant) {
     case kForce128: CUDA_CHECK(conv2d_implicit_gemm_sm90_128x128_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
+    case kForceWide: CUDA_CHECK(conv2d_implicit_gemm_sm90_128x64_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
     case kForce64: CUDA_CHECK(conv2d_implicit_gemm_sm90_64x64_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
     case kForceSplitK: CUDA_CHECK(conv2d_implicit_gemm_sm90_splitk_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
     default: CUDA_CHECK(conv2d_implicit_gemm_sm90_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0));
@@ -404,6 +410,8 @@ const Case kCases[] = {
 };
 // 132 tiles of 128 x 128: the large configuration (f16 only: the emulator runs all 138 M multiply-adds).
 const Case kLargeCase = {"large tile 1x1 64->128 130x130", 1, 64, 130, 130, 128, 1, 1, 0, 1, 1, 1};
+// 133 tiles of 128 x 64 (Kg = 64): the rule's wide configuration.
+const Case kWideCase = {"wide tile 1x1 64->64 130x130", 1, 64, 130, 130, 64, 1, 1, 0, 1, 1, 1};
 const Case kDgradCases[] = {
     {"dgrad 3x3 64 p1 14x14", 1, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1},
     {"dgrad 3x3 s2 p1 C32 K64 14x14", 1, 32, 14, 14, 64, 3, 3, 1, 2, 1, 1},
@@ -518,6 +526,9 @@ int main() {
   check_fprop<__half>(kCases[5], kForce128);
   check_fprop<__nv_bfloat16>(kCases[2], kForce128);
   check_fprop<__half>(kLargeCase, kForce64);
+  check_fprop<__nv_bfloat16>(kWideCase);
+  check_fprop<__half>(kCases[5], kForceWide);  // K = 40: one n-tile, 24 columns masked
+  check_fprop<float>(kCases[2], kForceWide);
   check_fprop<float>(kCases[1], kForceSplitK);
   check_fprop<__half>(kCases[4], kForceSplitK);
   for (const Case& c : kDgradCases) {
@@ -531,6 +542,7 @@ int main() {
   check_wgrad<__half>(kWgradCases[6], kRule, 0);          // no workspace: one slice
   check_wgrad<__nv_bfloat16>(kWgradCases[2], kForce64);    // the small tile on a large-tile shape
   check_wgrad<__half>(kWgradCases[0], kForce128);          // the large tile on 64 filters (half the rows masked)
+  check_wgrad<__nv_bfloat16>(kWgradCases[3], kForceWide);
   check_wgrad<__half>(kWgradCases[3], kForceSplitK);
   check_wgrad<__nv_bfloat16>(kWgradCases[4], kForceSplitK);
 #if !defined(FASTCONV_EMU)

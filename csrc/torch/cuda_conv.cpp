@@ -124,6 +124,11 @@ const ConvAlgo* find_conv_algo(c10::string_view name) {
        FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, __half),
        FASTCONV_CONV_FNS(implicit_gemm_sm90_128x128, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true,
        &cuda::conv2d_implicit_gemm_sm90_128x128_describe},
+      {"implicit_gemm_sm90_128x64", &cuda::conv2d_implicit_gemm_sm90_128x64_can_implement,
+       &cuda::conv2d_implicit_gemm_sm90_128x64_workspace_bytes, &implicit_gemm_sm90_why_not,
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_128x64, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_128x64, __half),
+       FASTCONV_CONV_FNS(implicit_gemm_sm90_128x64, __nv_bfloat16), FASTCONV_NO_CONV_FNS(double), true, true,
+       &cuda::conv2d_implicit_gemm_sm90_128x64_describe},
       {"implicit_gemm_sm90_64x64", &cuda::conv2d_implicit_gemm_sm90_64x64_can_implement,
        &cuda::conv2d_implicit_gemm_sm90_64x64_workspace_bytes, &implicit_gemm_sm90_why_not,
        FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, float), FASTCONV_CONV_FNS(implicit_gemm_sm90_64x64, __half),
@@ -148,7 +153,8 @@ const ConvAlgo& lookup_conv_algo(c10::string_view name, const char* op) {
   const ConvAlgo* a = find_conv_algo(name);
   TORCH_CHECK_VALUE(a != nullptr, "fastconv.", op, ": unknown CUDA conv algo '", std::string(name),
                     "' (expected one of 'direct', 'im2col', 'gemm1x1', 'implicit_gemm', 'implicit_gemm_sm90', "
-                    "'implicit_gemm_sm90_128x128', 'implicit_gemm_sm90_64x64', 'implicit_gemm_sm90_splitk')");
+                    "'implicit_gemm_sm90_128x128', 'implicit_gemm_sm90_128x64', 'implicit_gemm_sm90_64x64', "
+                    "'implicit_gemm_sm90_splitk')");
   return *a;
 }
 

@@ -77,8 +77,8 @@ FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
 // fits the limit, FP32 split-K partials (small-M problems); dgrad the flipped filter or the classes'
 // sub-filters (+ partials for stride 1); wgrad the split-K partials, as many slices as fit.
 // Never run on a GPU yet: verified on the emulated sm_90 device only. The tile configuration is the
-// launcher's rule (conv2d_igemm_sm90.cu: make_plan, make_wgrad_plan); the _128x128, _64x64 and _splitk
-// algorithms force one (same contract; _splitk needs its partials in the workspace), for the autotuner
+// launcher's rule (conv2d_igemm_sm90.cu: make_plan, make_wgrad_plan); the _128x128, _128x64, _64x64 and
+// _splitk algorithms force one (same contract; _splitk needs its partials in the workspace), for the autotuner
 // and for users. _describe says in words what the launcher would run under a workspace limit ("" when
 // it cannot implement s): explain() shows it.
 #define FASTCONV_DECLARE_SM90_ALGO(algo)                                                                  \
@@ -86,6 +86,7 @@ FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
   std::string conv2d_##algo##_describe(const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t limit);
 FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90)
 FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90_128x128)
+FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90_128x64)
 FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90_64x64)
 FASTCONV_DECLARE_SM90_ALGO(implicit_gemm_sm90_splitk)
 #undef FASTCONV_DECLARE_SM90_ALGO
