@@ -80,7 +80,8 @@ def add_parsers(sub) -> None:
     b.add_argument("--out", default=None, help="output folder (default bench-results)")
     b.add_argument("--algos", type=_list(("all", "auto", "direct", "im2col", "gemm1x1", "implicit_gemm",
                                                  "implicit_gemm_sm90", "implicit_gemm_sm90_128x128",
-                                                 "implicit_gemm_sm90_128x64", "implicit_gemm_sm90_64x64", "implicit_gemm_sm90_splitk")), default=None,
+                                                 "implicit_gemm_sm90_128x64", "implicit_gemm_sm90_64x64",
+                                                 "implicit_gemm_sm90_splitk")), default=None,
                    help="fastconv algorithms for convs: all (default), auto, or names (comma-separated)")
     b.add_argument("--passes", type=_list(cases.CONV_PASSES + ("bprop",)), default=None,
                    help="fprop,dgrad,wgrad (default all; pools and BN map dgrad/wgrad to bprop)")
