@@ -164,6 +164,16 @@ __device__ __forceinline__ void decode_tile(int t, int m_tiles, int n_tiles, int
   split = t / groups;
 }
 
+// The ring position after a k-iteration: the next stage, and the phase bit flipped on each wrap (producer
+// and consumers walk the same sequence).
+template <typename Cfg>
+__device__ __forceinline__ void next_stage(int& stage, unsigned int& phase) {
+  if (++stage == Cfg::kStages) {
+    stage = 0;
+    phase ^= 1u;
+  }
+}
+
 // ---- the kernel ---------------------------------------------------------------------------------------------
 
 // kWgrad: dw = dy^T · im2col(x) on the same ring and roles: A = dy by a tiled TMA (M-major: rows are
@@ -227,10 +237,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                corner_w, corner_h, n_img, static_cast<uint16_t>((rs % p.S) * p.dil_w),
                                static_cast<uint16_t>((rs / p.S) * p.dil_h));
           }
-          if (++stage == Cfg::kStages) {
-            stage = 0;
-            phase ^= 1u;
-          }
+          next_stage<Cfg>(stage, phase);
         }
         continue;
       }
@@ -247,10 +254,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                            static_cast<uint16_t>(r * p.dil_h));
         tma_load_tile_3d(stage_b(stage), &tmap_w, full(stage), cc * (Cfg::kRowBytes / int(sizeof(T))), rs,
                          g * p.Kg + nt * Cfg::kBN);
-        if (++stage == Cfg::kStages) {
-          stage = 0;
-          phase ^= 1u;
-        }
+        next_stage<Cfg>(stage, phase);
       }
     }
     return;
@@ -295,10 +299,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       wgmma_wait_group<1>();
       if (prev >= 0) mbarrier_arrive(empty(prev));
       prev = stage;
-      if (++stage == Cfg::kStages) {
-        stage = 0;
-        phase ^= 1u;
-      }
+      next_stage<Cfg>(stage, phase);
     }
     wgmma_wait_group<0>();
     if (prev >= 0) mbarrier_arrive(empty(prev));

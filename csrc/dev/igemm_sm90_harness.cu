@@ -171,25 +171,41 @@ cudaError_t run_variant(Variant v, const Conv2dShape& s, const T* x, const T* w,
     default: return conv2d_implicit_gemm_sm90_fprop<T>(s, x, w, b, y, ws, ws_bytes, 0);
   }
 }
-size_t variant_ws(Variant v, const Conv2dShape& s, int eb) {
-  const size_t lim = size_t(1) << 30;
+size_t variant_ws(Variant v, const Conv2dShape& s, int eb, ConvDir dir = ConvDir::kFprop,
+                  size_t lim = size_t(1) << 30) {
   switch (v) {
-    case kForce128: return conv2d_implicit_gemm_sm90_128x128_workspace_bytes(s, ConvDir::kFprop, eb, lim);
-    case kForceWide: return conv2d_implicit_gemm_sm90_128x64_workspace_bytes(s, ConvDir::kFprop, eb, lim);
-    case kForce64: return conv2d_implicit_gemm_sm90_64x64_workspace_bytes(s, ConvDir::kFprop, eb, lim);
-    case kForceSplitK: return conv2d_implicit_gemm_sm90_splitk_workspace_bytes(s, ConvDir::kFprop, eb, lim);
-    default: return conv2d_implicit_gemm_sm90_workspace_bytes(s, ConvDir::kFprop, eb, lim);
+    case kForce128: return conv2d_implicit_gemm_sm90_128x128_workspace_bytes(s, dir, eb, lim);
+    case kForceWide: return conv2d_implicit_gemm_sm90_128x64_workspace_bytes(s, dir, eb, lim);
+    case kForce64: return conv2d_implicit_gemm_sm90_64x64_workspace_bytes(s, dir, eb, lim);
+    case kForceSplitK: return conv2d_implicit_gemm_sm90_splitk_workspace_bytes(s, dir, eb, lim);
+    default: return conv2d_implicit_gemm_sm90_workspace_bytes(s, dir, eb, lim);
   }
+}
+template <typename T>
+cudaError_t run_wgrad_variant(Variant v, const Conv2dShape& s, const T* dy, const T* x, T* dw, void* ws,
+                              size_t ws_bytes) {
+  switch (v) {
+    case kForce128: return conv2d_implicit_gemm_sm90_128x128_wgrad<T>(s, dy, x, dw, ws, ws_bytes, 0);
+    case kForceWide: return conv2d_implicit_gemm_sm90_128x64_wgrad<T>(s, dy, x, dw, ws, ws_bytes, 0);
+    case kForce64: return conv2d_implicit_gemm_sm90_64x64_wgrad<T>(s, dy, x, dw, ws, ws_bytes, 0);
+    case kForceSplitK: return conv2d_implicit_gemm_sm90_splitk_wgrad<T>(s, dy, x, dw, ws, ws_bytes, 0);
+    default: return conv2d_implicit_gemm_sm90_wgrad<T>(s, dy, x, dw, ws, ws_bytes, 0);
+  }
+}
+
+// can_implement must accept the harness's supported shapes; a refusal is a failure.
+template <typename T>
+bool accepted(const Conv2dShape& s, ConvDir dir, const Case& c, const char* what) {
+  if (conv2d_implicit_gemm_sm90_can_implement(s, dir, sizeof(T))) return true;
+  std::printf("FAIL %-5s %-26s %s can_implement refused a supported shape\n", type_name<T>(), c.name, what);
+  ++g_failures;
+  return false;
 }
 
 template <typename T>
 bool check_fprop(const Case& c, Variant variant = kRule) {
   const Conv2dShape s = make_shape(c);
-  if (!conv2d_implicit_gemm_sm90_can_implement(s, ConvDir::kFprop, sizeof(T))) {
-    std::printf("FAIL %-5s %-26s can_implement refused a supported shape\n", type_name<T>(), c.name);
-    ++g_failures;
-    return false;
-  }
+  if (!accepted<T>(s, ConvDir::kFprop, c, "fprop")) return false;
   const size_t nx = size_t(s.N * s.H * s.W * s.C), nw = size_t(s.K * s.R * s.S * s.Cg()), ny = size_t(s.N * s.P * s.Q * s.K);
   std::vector<T> hx(nx), hw(nw), hres(ny), hb(size_t(s.K));
   std::vector<float> scale(size_t(s.K)), bias(size_t(s.K));
@@ -289,11 +305,7 @@ void each_mac(const Conv2dShape& s, F f) {
 template <typename T>
 bool check_dgrad(const Case& c) {
   const Conv2dShape s = make_shape(c);
-  if (!conv2d_implicit_gemm_sm90_can_implement(s, ConvDir::kDgrad, sizeof(T))) {
-    std::printf("FAIL %-5s %-26s dgrad can_implement refused a supported shape\n", type_name<T>(), c.name);
-    ++g_failures;
-    return false;
-  }
+  if (!accepted<T>(s, ConvDir::kDgrad, c, "dgrad")) return false;
   const size_t nx = size_t(s.N * s.H * s.W * s.C), nw = size_t(s.K * s.R * s.S * s.Cg()), ny = size_t(s.N * s.P * s.Q * s.K);
   std::vector<T> hdy(ny), hw(nw);
   for (auto& v : hdy) v = to_t<T>(rnd());
@@ -322,11 +334,7 @@ bool check_dgrad(const Case& c) {
 template <typename T>
 bool check_wgrad(const Case& c, Variant variant = kRule, size_t ws_limit = size_t(1) << 30) {
   const Conv2dShape s = make_shape(c);
-  if (!conv2d_implicit_gemm_sm90_can_implement(s, ConvDir::kWgrad, sizeof(T))) {
-    std::printf("FAIL %-5s %-26s wgrad can_implement refused a supported shape\n", type_name<T>(), c.name);
-    ++g_failures;
-    return false;
-  }
+  if (!accepted<T>(s, ConvDir::kWgrad, c, "wgrad")) return false;
   const size_t nx = size_t(s.N * s.H * s.W * s.C), nw = size_t(s.K * s.R * s.S * s.Cg()), ny = size_t(s.N * s.P * s.Q * s.K);
   std::vector<T> hdy(ny), hx(nx);
   for (auto& v : hdy) v = to_t<T>(rnd());
@@ -337,27 +345,14 @@ bool check_wgrad(const Case& c, Variant variant = kRule, size_t ws_limit = size_
     ref[wi] += prod;
     mag[wi] += std::fabs(prod);
   });
-  size_t ws_bytes = 0;
-  switch (variant) {
-    case kForce128: ws_bytes = conv2d_implicit_gemm_sm90_128x128_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
-    case kForceWide: ws_bytes = conv2d_implicit_gemm_sm90_128x64_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
-    case kForce64: ws_bytes = conv2d_implicit_gemm_sm90_64x64_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
-    case kForceSplitK: ws_bytes = conv2d_implicit_gemm_sm90_splitk_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit); break;
-    default: ws_bytes = conv2d_implicit_gemm_sm90_workspace_bytes(s, ConvDir::kWgrad, sizeof(T), ws_limit);
-  }
+  const size_t ws_bytes = variant_ws(variant, s, sizeof(T), ConvDir::kWgrad, ws_limit);
   DevBuf<T> ddy(ny), dx(nx), ddw(nw);
   DevBuf<unsigned char> ws(ws_bytes);
   CUDA_CHECK(cudaMemcpy(ddy.p, hdy.data(), ny * sizeof(T), cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMemcpy(dx.p, hx.data(), nx * sizeof(T), cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMemset(ddw.p, 0xff, nw * sizeof(T)));
   void* wsp = ws_bytes ? static_cast<void*>(ws.p) : nullptr;
-  switch (variant) {
-    case kForce128: CUDA_CHECK(conv2d_implicit_gemm_sm90_128x128_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
-    case kForceWide: CUDA_CHECK(conv2d_implicit_gemm_sm90_128x64_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
-    case kForce64: CUDA_CHECK(conv2d_implicit_gemm_sm90_64x64_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
-    case kForceSplitK: CUDA_CHECK(conv2d_implicit_gemm_sm90_splitk_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0)); break;
-    default: CUDA_CHECK(conv2d_implicit_gemm_sm90_wgrad<T>(s, ddy.p, dx.p, ddw.p, wsp, ws_bytes, 0));
-  }
+  CUDA_CHECK(run_wgrad_variant<T>(variant, s, ddy.p, dx.p, ddw.p, wsp, ws_bytes));
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<T> got(nw);
   CUDA_CHECK(cudaMemcpy(got.data(), ddw.p, nw * sizeof(T), cudaMemcpyDeviceToHost));
