@@ -385,14 +385,6 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(const float* __restr
   }
 }
 
-// bias (T) -> float, for the unfused fprop entry point.
-template <typename T>
-__global__ void __launch_bounds__(256) bias_to_float_kernel(const T* __restrict__ b, float* __restrict__ out, int64_t K) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x) {
-    out[k] = to_acc<T>(b[k]);
-  }
-}
-
 // w'[c][r][s][k] = w[k][R−1−r][S−1−s][c] per group (dgrad as an fprop): one thread per element of w'.
 template <typename T>
 __global__ void __launch_bounds__(256) flip_filter_kernel(const T* __restrict__ w, T* __restrict__ wf, int64_t K,
@@ -585,7 +577,6 @@ size_t wgrad_partial_bytes(const Conv2dShape& s, const Sm90Plan& plan) {
 size_t splitk_bytes(const Conv2dShape& s, const Sm90Plan& plan) {
   return plan.splits > 1 ? align_ws(size_t(plan.splits) * size_t(s.fprop_m()) * size_t(s.K) * sizeof(float)) : 0;
 }
-size_t bias_bytes(const Conv2dShape& s) { return align_ws(size_t(s.K) * sizeof(float)); }
 
 // The dgrad problem as an fprop over dy: x' = dy [N, P, Q, K], w' [C, R, S, Kg], y' = dx [N, H, W, C].
 bool dgrad_as_fprop(const Conv2dShape& s, Conv2dShape* f) {
@@ -894,7 +885,7 @@ bool can_implement_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int el
   return tile != Sm90Tile::kSplitK || k_iters_of(f, elem_bytes) >= 2;  // split-K needs two k-iterations
 }
 
-// fprop: the bias as float + split-K partials; dgrad: the flipped filter + the split-K partials of its
+// fprop: the split-K partials (the bias is read in T); dgrad: the flipped filter + the split-K partials of its
 // fprop. The rule's (kAuto) partials are optional: counted only when they fit workspace_limit.
 size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t workspace_limit) {
   if (elem_bytes != 2 && elem_bytes != 4) return 0;
@@ -902,7 +893,6 @@ size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, in
   size_t fixed = 0;
   if (dir == ConvDir::kFprop) {
     if (!fprop_geometry_ok(s, elem_bytes)) return 0;
-    fixed = bias_bytes(s);
   } else if (dir == ConvDir::kDgrad) {
     std::vector<DgradClass> classes;
     if (dgrad_classes(s, elem_bytes, &classes)) return class_filter_bytes(s, elem_bytes);  // no partials
@@ -934,7 +924,7 @@ std::string describe_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int 
     return "wgrad: " + describe_plan(plan, s.groups);
   }
   Conv2dShape f = s;
-  size_t fixed = bias_bytes(s);
+  size_t fixed = 0;
   if (dir == ConvDir::kDgrad) {
     std::vector<DgradClass> classes;
     if (dgrad_classes(s, elem_bytes, &classes)) {
@@ -966,18 +956,8 @@ template <typename T>
 cudaError_t fprop_tile(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, void* ws,
                        size_t ws_bytes, cudaStream_t stream) {
   ConvEpilogue<T> epi;
-  if (bias != nullptr) {
-    if (ws == nullptr || ws_bytes < bias_bytes(s)) return cudaErrorInvalidValue;
-    float* bias_acc = static_cast<float*>(ws);
-    FC_LAUNCH(grid_for(s.K, 256, 64), 256, 0, stream, bias_to_float_kernel<T>)(bias, bias_acc, s.K);
-    const cudaError_t err = launch_status();
-    if (err != cudaSuccess) return err;
-    epi.bias = bias_acc;
-  }
-  // The split-K partials follow the bias slot (which is reserved whether or not there is a bias).
-  const bool rest = ws != nullptr && ws_bytes > bias_bytes(s);
-  return run_fprop<T>(tile, s, x, w, epi, y, rest ? static_cast<unsigned char*>(ws) + bias_bytes(s) : nullptr,
-                      rest ? ws_bytes - bias_bytes(s) : 0, stream);
+  epi.conv_bias = bias;  // read in T by the epilogue: the workspace is all the split-K partials'
+  return run_fprop<T>(tile, s, x, w, epi, y, ws, ws_bytes, stream);
 }
 
 template <typename T>

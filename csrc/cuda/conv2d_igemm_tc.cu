@@ -809,14 +809,6 @@ __global__ void __launch_bounds__(256) wgrad_reduce_kernel(const float* __restri
   }
 }
 
-// bias (T) -> float, for the unfused fprop entry point.
-template <typename T>
-__global__ void __launch_bounds__(256) bias_to_acc_kernel(const T* __restrict__ b, float* __restrict__ out, int64_t K) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x) {
-    out[k] = to_acc<T>(b[k]);
-  }
-}
-
 // ---- host side --------------------------------------------------------------------------------------
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -986,8 +978,6 @@ WgradPlan wgrad_plan(const Conv2dShape& s, size_t workspace_limit, int elem_byte
 
 size_t align_workspace(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
 
-size_t bias_workspace_bytes(int64_t K) { return align_workspace(static_cast<size_t>(K) * sizeof(float)); }
-
 // fprop with statistics: the tile config launch_fprop would pick, and its warp slots (kWarpsM per
 // M tile; both configs have 2, of WM = BM / 2 rows).
 struct StatsPlan {
@@ -1023,12 +1013,12 @@ bool conv2d_implicit_gemm_can_implement(const Conv2dShape& s, ConvDir dir, int e
   return false;
 }
 
-// fprop: the bias converted to float (none for float: the epilogue reads it as it is).
+// fprop: none (the epilogue reads the bias in y's type); wgrad: the split-K partials.
 size_t conv2d_implicit_gemm_workspace_bytes(const Conv2dShape& s, ConvDir dir, int elem_bytes,
                                             size_t workspace_limit) {
   if (elem_bytes != 2 && elem_bytes != 4) return 0;
   switch (dir) {
-    case ConvDir::kFprop: return elem_bytes == 4 ? 0 : bias_workspace_bytes(s.K);
+    case ConvDir::kFprop: return 0;
     case ConvDir::kDgrad: return 0;
     case ConvDir::kWgrad:
       if (!wgrad_shape_ok(s)) return 0;
@@ -1051,19 +1041,10 @@ cudaError_t conv2d_implicit_gemm_fprop_fused(const Conv2dShape& s, const T* x, c
 }
 
 template <typename T>
-cudaError_t conv2d_implicit_gemm_fprop(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, void* ws,
-                                       size_t ws_bytes, cudaStream_t stream) {
+cudaError_t conv2d_implicit_gemm_fprop(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y,
+                                       void* /*ws*/, size_t /*ws_bytes*/, cudaStream_t stream) {
   ConvEpilogue<T> epi;
-  if constexpr (std::is_same<T, float>::value) {
-    epi.bias = bias;  // already the accumulation type
-  } else if (bias != nullptr) {
-    if (ws == nullptr || ws_bytes < bias_workspace_bytes(s.K)) return cudaErrorInvalidValue;
-    float* bias_acc = static_cast<float*>(ws);
-    FC_LAUNCH(grid_for(s.K, 256, 64), 256, 0, stream, bias_to_acc_kernel<T>)(bias, bias_acc, s.K);
-    const cudaError_t err = launch_status();
-    if (err != cudaSuccess) return err;
-    epi.bias = bias_acc;
-  }
+  epi.conv_bias = bias;
   return launch_fprop<T>(s, x, w, epi, y, stream);
 }
 

@@ -3,8 +3,9 @@
 //   y = relu?( acc · scale[k] + bias[k] + residual )   computed in AccT<T> from the accumulator and
 //                                                      rounded once, on the store to T
 //
-// scale/bias are per output channel (a folded batch norm), in the accumulation type; residual has
-// y's layout. Every operand is optional. ReLU keeps NaN (torch.relu does). The CPU reference is
+// scale/bias are per output channel (a folded batch norm), in the accumulation type; the unfused
+// conv's own bias (y's type) is read as it is, widened in the add (no conversion pass, no
+// workspace); residual has y's layout. Every operand is optional. ReLU keeps NaN (torch.relu does). The CPU reference is
 // csrc/cpu/epilogue.cpp (which rounds after every operation, like the unfused torch composition).
 #pragma once
 
@@ -31,6 +32,7 @@ struct ConvEpilogue {
   using Acc = AccT<T>;
   const Acc* scale = nullptr;   // [K], nullable (= 1)
   const Acc* bias = nullptr;    // [K], nullable (= 0)
+  const T* conv_bias = nullptr; // [K] in y's type, nullable (= 0): conv2d's bias=, added after `bias`
   const T* residual = nullptr;  // y's layout, nullable (= 0)
   bool relu = false;
 
@@ -39,6 +41,7 @@ struct ConvEpilogue {
     Acc v = acc;
     if (scale != nullptr) v *= scale[k];
     if (bias != nullptr) v += bias[k];
+    if (conv_bias != nullptr) v += to_acc<T>(conv_bias[k]);
     if (residual != nullptr) v += res;
     if (relu && v < Acc(0)) v = Acc(0);  // NaN compares false and passes through
     return v;
