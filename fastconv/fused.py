@@ -156,9 +156,9 @@ def conv2d_bn_train(input: Tensor, weight: Tensor, bn_weight: Optional[Tensor], 
                     stride: IntOr2 = 1, padding: Union[IntOr2, str] = 0, dilation: IntOr2 = 1, groups: int = 1,
                     eps: float = 1e-5, relu: bool = False, *, algo: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
     """Training-mode relu?( batch_norm( conv2d(input, weight) ) ) whose convolution also yields the
-    batch statistics (torch.ops.fastconv.conv2d_bn_train): on CUDA with algo="implicit_gemm" the
-    tensor-core kernel emits per-tile statistics partials, so no separate statistics pass reads the
-    conv output.
+    batch statistics (torch.ops.fastconv.conv2d_bn_train): on CUDA with algo="implicit_gemm" or
+    "implicit_gemm_sm90" (float16/bfloat16) the tensor-core kernel emits per-warp statistics partials,
+    so no separate statistics pass reads the conv output.
 
     input Tensor[N, C, H, W] (or [C, H, W]), weight Tensor[K, C/groups, R, S] (no conv bias: it
     cancels under batch norm), bn_weight and bn_bias Tensor[K] or None -> (out Tensor[N, K, P, Q] (or

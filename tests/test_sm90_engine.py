@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _devices import CUDA_DEVICE, EMULATED
-from helpers import judge_against_torch
+from helpers import judge_against_torch, rel_err
 
 import fastconv
 import fastconv.functional as FF
@@ -289,6 +289,68 @@ def test_wgrad_split_needs_its_workspace():
         fastconv._ext.set_workspace_limit(old)
     ref = torch.nn.grad.conv2d_weight(x.half().double(), [16, 16, 1, 1], dy.half().double())
     assert float((out - ref).abs().max()) < 0.02 * float(ref.abs().max())
+
+
+# conv2d_bn_train on the engine: the statistics come from the fprop's epilogue (per-warp (mean, M2) slots,
+# csrc/cuda/bn_stats_finalize.cuh). Partial last M tiles (M = 98, 25, 49), stride 2, K past a tile, groups,
+# and a layer whose rule plan is split-K (the statistics run it on whole tiles).
+BN_CASES = [CASES[0], CASES[3], CASES[6], CASES[8], CASES[9]]
+
+
+def _bn_ref(x, w, bw, bb, stride, padding, dilation, groups):
+    c = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    return torch.relu(F.batch_norm(c, None, None, bw, bb, training=True)), c
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", BN_CASES, ids=[c[0] for c in BN_CASES])
+def test_conv2d_bn_train_statistics_epilogue(case, dtype):
+    from fastconv.fused import conv2d_bn_train
+
+    _, xs, ws, stride, padding, dilation, groups = case
+    x, w, bw, bb = _inputs([xs, ws, (ws[0],), (ws[0],)], seed=3)
+    bw = bw.abs() + 0.5
+    conv_args = (stride, padding, dilation, groups)
+    # Output and every gradient (dgrad and wgrad of the conv on the engine) against torch.
+    judge_against_torch(
+        lambda x, w, bw, bb: conv2d_bn_train(x, w, bw, bb, *conv_args, relu=True, algo=ALGO)[0],
+        lambda x, w, bw, bb: _bn_ref(x, w, bw, bb, *conv_args)[0],
+        [_cl(x), _cl(w), bw, bb], dtype, CUDA_DEVICE, what=f"{ALGO} conv2d_bn_train {case[0]} {dtype}")
+    # The batch statistics: of the conv output as rounded to dtype, so within 2x torch's own error (its
+    # conv at dtype, statistics in float64) of the float64 statistics.
+    _, c64 = _bn_ref(x, w, bw, bb, *conv_args)
+    c_low = F.conv2d(x.to(dtype), w.to(dtype), None, *conv_args).double()
+    xd, wd = _cl(x).to(CUDA_DEVICE, dtype), _cl(w).to(CUDA_DEVICE, dtype)
+    with torch.no_grad():
+        out, mean, var = conv2d_bn_train(xd, wd, bw.float().to(CUDA_DEVICE), bb.float().to(CUDA_DEVICE), *conv_args,
+                                         relu=True, algo=ALGO)
+    assert mean.dtype == var.dtype == torch.float32
+    for name, got, want, theirs in (("mean", mean, c64.mean((0, 2, 3)), c_low.mean((0, 2, 3))),
+                                    ("var", var, c64.var((0, 2, 3), unbiased=False),
+                                     c_low.var((0, 2, 3), unbiased=False))):
+        eo, et = rel_err(got, want), rel_err(theirs, want)
+        assert eo <= 2 * et + 1e-4, f"{case[0]} {dtype} {name}: our error {eo:.3g} > 2 x torch's {et:.3g} + 1e-4"
+
+
+def test_conv2d_bn_train_composes_when_the_partials_do_not_fit():
+    # Under a workspace limit below the partials (here 1 KiB) the op runs the conv, then batch_norm_train:
+    # the same results. The raw op (the Python layer would refuse the engine under this limit for dgrad).
+    x, w, bw, bb = _inputs([(2, 64, 7, 7), (32, 64, 1, 1), (32,), (32,)], seed=4)
+    xd, wd = _cl(x).to(CUDA_DEVICE, torch.float16), _cl(w).to(CUDA_DEVICE, torch.float16)
+    args = (bw.float().to(CUDA_DEVICE), bb.float().to(CUDA_DEVICE), [1, 1], [0, 0], [1, 1], 1, 1e-5, False, ALGO)
+    fused = ops.conv2d_bn_train(xd, wd, *args)
+    old = fastconv._ext.cuda_binding(EMULATED).workspace_limit()
+    fastconv._ext.set_workspace_limit(1024)
+    try:
+        composed = ops.conv2d_bn_train(xd, wd, *args)
+    finally:
+        fastconv._ext.set_workspace_limit(old)
+    c64 = F.conv2d(x, w)
+    out64 = F.batch_norm(c64, None, None, bw, bb, training=True)
+    for got in (fused, composed):
+        assert rel_err(got[0], out64) < 2e-2 and rel_err(got[1], c64) < 2e-2
+        assert rel_err(got[2], c64.mean((0, 2, 3))) < 1e-3
+        assert rel_err(got[4], c64.var((0, 2, 3), unbiased=False)) < 1e-2
 
 
 def test_backward_directions_fall_back_where_the_engine_cannot():

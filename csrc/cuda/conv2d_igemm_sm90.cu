@@ -6,7 +6,7 @@
 //         CC = ceil(Cg / BK) channel chunks of BK elements = 128 bytes)
 //   A[m][k] = x[n, p·sh − ph + r·dh, q·sw − pw + s·dw, g·Cg + c] (0 in padding)   B[j][k] = w[g·Kg + j, r, s, c]
 //
-// Kernel: igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad>, Cfg one of Sm90Large (128 x 128), Sm90Wide (128 x 64)
+// Kernel: igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad, kStats>, Cfg one of Sm90Large (128 x 128), Sm90Wide (128 x 64)
 // and Sm90Small (64 x 64), a persistent grid (min(tiles, SMs · Cfg::kBlocksPerSm = 1)) of
 // blocks of 1 producer warpgroup + Cfg::kConsumers consumer warpgroups (128 threads each). Block b
 // processes tiles b, b + gridDim.x, ... (tile = (split, m-tile, n-tile, group), m fastest so that
@@ -34,6 +34,9 @@
 //   kSplitK: the K range is cut into `splits` slices (one more tile coordinate); the epilogue stores
 //   FP32 partials to the workspace ([split][M][K]), and splitk_reduce_kernel adds them in split order
 //   (deterministic) and applies the epilogue once.
+//   kStats (conv2d_bn_train, 16-bit): plain y, no split-K, and per warp's 16 rows the per-channel (mean, M2)
+//   of y as rounded to T, merged over the 8 lanes of a column by shuffles; bn_stats_finalize_kernel merges
+//   the slots in a fixed order.
 // dgrad (stride 1 only): dx = fprop(dy, w') with w'[c][r][s][k] = w[k][R−1−r][S−1−s][c] written to the
 // workspace by flip_filter_kernel, padding dh·(R−1) − ph (must be >= 0): the same kernel and tiles.
 // dgrad (stride > 1, any dilation): by residue classes (dgrad_classes): each of the sh·sw classes of dx
@@ -61,6 +64,7 @@
 #include <string>
 #include <vector>
 
+#include "bn_stats_finalize.cuh"
 #include "common.cuh"
 #include "epilogue.cuh"
 #include "ptx.cuh"
@@ -151,6 +155,8 @@ struct Sm90Params {
   // partial_total = K·R·S·Cg (one split's partials).
   int RS;
   int64_t partial_total;
+  // kStats (conv2d_bn_train): [m_tiles·BM/16][K] (mean, M2) of the rounded y per warp's 16 rows.
+  float2* stats;
 };
 
 template <typename Cfg>
@@ -179,7 +185,8 @@ __device__ __forceinline__ void next_stage(int& stage, unsigned int& phase) {
 // kWgrad: dw = dy^T · im2col(x) on the same ring and roles: A = dy by a tiled TMA (M-major: rows are
 // pixels, 128 bytes of filters each), B = x by TMA im2col (N-major: rows are pixels, 64 channels of one
 // tap), both read by wgmma as MN-major operands (imm-trans 1, f16/bf16 only); tmap_w is dy's map.
-template <typename Cfg, typename T, bool kSplitK, bool kWgrad>
+// kStats: plain fprop (no split-K, empty epilogue) that also leaves the batch statistics of y (below).
+template <typename Cfg, typename T, bool kSplitK, bool kWgrad, bool kStats = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     igemm_sm90_kernel(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w,
                       const Sm90Params<T> p) {
@@ -366,6 +373,30 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           }
           if (j < p.Kg) p.epi.store(p.out, off, k, v0);
           if (j + 1 < p.Kg) p.epi.store(p.out, off + 1, k + 1, v1);
+        }
+      }
+    }
+    if constexpr (kStats) {
+      // Per warp (its 16 rows: slot rows [16·slot, 16·slot + 16)) and channel column: (mean, M2) of the
+      // outputs as rounded to T, rows below M only; each lane holds 2 rows of a column, the 8 lanes
+      // sharing it (lane % 4) merge by Chan over xor 4, 8, 16; lanes 0..3 write. One writer per
+      // element, no atomics, no shared memory; every lane runs it (the shuffles need all 32).
+      static_assert(!kSplitK && !kWgrad, "statistics need whole accumulators of an fprop");
+      const int64_t slot = int64_t(mt) * (Cfg::kBM / 16) + consumer * 4 + warp;
+      float2* part = p.stats + slot * p.K + int64_t(g) * p.Kg;
+#pragma unroll
+      for (int i = 0; i < Cfg::kBN / 8; ++i) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float a0 = to_acc<T>(from_acc<T>(acc[4 * i + c])), a1 = to_acc<T>(from_acc<T>(acc[4 * i + 2 + c]));
+          const bool in0 = row0 < p.M, in1 = row0 + 8 < p.M;
+          float n = float(in0) + float(in1);
+          float mean = n > 0.f ? ((in0 ? a0 : 0.f) + (in1 ? a1 : 0.f)) / n : 0.f;
+          const float d0 = in0 ? a0 - mean : 0.f, d1 = in1 ? a1 - mean : 0.f;
+          float m2 = d0 * d0 + d1 * d1;
+          merge_column_lanes(mean, m2, n);
+          const int j = col_base + 8 * i + c;
+          if (lane < 4 && j < p.Kg) part[j] = make_float2(mean, m2);
         }
       }
     }
@@ -687,10 +718,10 @@ size_t class_filter_bytes(const Conv2dShape& s, int elem_bytes) {
   return align_ws((size_t(s.K) * size_t(s.R * s.S * s.Cg()) + 8 * 64) * size_t(elem_bytes));
 }
 
-template <typename Cfg, typename T, bool kSplitK, bool kWgrad = false>
+template <typename Cfg, typename T, bool kSplitK, bool kWgrad = false, bool kStats = false>
 cudaError_t launch_cfg(const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p, int sms,
                        cudaStream_t stream) {
-  const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad>;
+  const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad, kStats>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
   const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(p.tiles, int64_t(sms) * Cfg::kBlocksPerSm));
@@ -727,22 +758,23 @@ bool set_geometry(const Conv2dShape& s, const Sm90Plan& plan, int chunk, Sm90Par
 }
 
 // The kernel of a plan's configuration.
-template <typename T, bool kSplitK, bool kWgrad>
+template <typename T, bool kSplitK, bool kWgrad, bool kStats = false>
 cudaError_t launch_plan(const Sm90Plan& plan, const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p,
                         int sms, cudaStream_t stream) {
   if (plan.bm == Sm90Large::kBM && plan.bn == Sm90Large::kBN)
-    return launch_cfg<Sm90Large, T, kSplitK, kWgrad>(tx, tw, p, sms, stream);
+    return launch_cfg<Sm90Large, T, kSplitK, kWgrad, kStats>(tx, tw, p, sms, stream);
   if (plan.bm == Sm90Wide::kBM && plan.bn == Sm90Wide::kBN)
-    return launch_cfg<Sm90Wide, T, kSplitK, kWgrad>(tx, tw, p, sms, stream);
-  return launch_cfg<Sm90Small, T, kSplitK, kWgrad>(tx, tw, p, sms, stream);
+    return launch_cfg<Sm90Wide, T, kSplitK, kWgrad, kStats>(tx, tw, p, sms, stream);
+  return launch_cfg<Sm90Small, T, kSplitK, kWgrad, kStats>(tx, tw, p, sms, stream);
 }
 
 // The plan run_fprop launches with `ws_bytes` of workspace for the partials: the rule's split-K only when
-// they fit (else the plain tiles, still correct), none for remapped rows (strided dgrad's classes); false
-// for a forced split-K without its partials (the caller's error).
-bool fprop_plan(const Conv2dShape& s, int elem_bytes, Sm90Tile tile, bool remapped, size_t ws_bytes, Sm90Plan* out) {
+// they fit (else the plain tiles, still correct), none when `whole` (strided dgrad's remapped rows, and the
+// statistics epilogue, need whole accumulators); false for a forced split-K without its partials (the
+// caller's error).
+bool fprop_plan(const Conv2dShape& s, int elem_bytes, Sm90Tile tile, bool whole, size_t ws_bytes, Sm90Plan* out) {
   Sm90Plan plan = make_plan(s, elem_bytes, tile);
-  if (remapped && plan.splits > 1) plan = make_plan(s, elem_bytes, Sm90Tile::kSmall);
+  if (whole && plan.splits > 1) plan = make_plan(s, elem_bytes, Sm90Tile::kSmall);
   if (plan.splits > 1 && ws_bytes < splitk_bytes(s, plan)) {
     if (tile != Sm90Tile::kAuto) return false;
     plan = make_plan(s, elem_bytes, Sm90Tile::kSmall);
@@ -765,16 +797,19 @@ cudaError_t encode_x_im2col(const Conv2dShape& s, const T* x, uint32_t pixels, c
                                   estr, CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
-// y = epilogue(conv(x, w)) for a geometry fprop_geometry_ok accepted; ws: split-K partials.
+// y = epilogue(conv(x, w)) for a geometry fprop_geometry_ok accepted; ws: split-K partials. stats: also the
+// statistics partials of y (kStats; no split-K, an empty epilogue).
 template <typename T>
 cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
-                      void* ws, size_t ws_bytes, cudaStream_t stream, const Sm90Remap* rm = nullptr) {
+                      void* ws, size_t ws_bytes, cudaStream_t stream, const Sm90Remap* rm = nullptr,
+                      float2* stats = nullptr) {
   int sms = 0;
   if (!sm90_device(&sms) || (rm == nullptr && !fprop_geometry_ok(s, sizeof(T))) || x == nullptr || w == nullptr ||
       y == nullptr || !aligned(x, 16) || !aligned(w, 16))
     return cudaErrorInvalidValue;
   Sm90Plan plan;
-  if (!fprop_plan(s, sizeof(T), tile, rm != nullptr, ws == nullptr || !aligned(ws, 16) ? 0 : ws_bytes, &plan))
+  if (!fprop_plan(s, sizeof(T), tile, rm != nullptr || stats != nullptr,
+                  ws == nullptr || !aligned(ws, 16) ? 0 : ws_bytes, &plan))
     return cudaErrorInvalidValue;
   const int bm = plan.bm, bn = plan.bn;
   constexpr uint32_t kBK = 128 / sizeof(T);
@@ -815,6 +850,10 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
     const int64_t total = s.fprop_m() * s.K;
     FC_LAUNCH(grid_for(total, 256), 256, 0, stream, splitk_reduce_kernel<T>)(p.partial, p.splits, total, epi, y, s.K);
     return launch_status();
+  }
+  if (stats != nullptr) {
+    p.stats = stats;
+    return launch_plan<T, false, false, true>(plan, tx, tw, p, sms, stream);
   }
   return launch_plan<T, false, false>(plan, tx, tw, p, sms, stream);
 }
@@ -1008,6 +1047,16 @@ cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T
   return run_fprop<T>(tile, f, dy, wf, ConvEpilogue<T>{}, dx, rest, ws_bytes > flip ? ws_bytes - flip : 0, stream);
 }
 
+// conv2d_bn_train's fprop: the rule's plan without split-K (fprop_plan's `whole`), one (mean, M2) slot per
+// warp's 16 rows of each M tile.
+constexpr int kStatsRows = 16;
+Sm90Plan stats_plan(const Conv2dShape& s) {
+  Sm90Plan plan;
+  fprop_plan(s, 2, Sm90Tile::kAuto, true, 0, &plan);  // kAuto never fails
+  return plan;
+}
+int64_t stats_slots(const Sm90Plan& plan) { return plan.m_tiles * (plan.bm / kStatsRows); }
+
 }  // namespace
 
 // The five algorithms of this file: the rule's tiles, and each configuration forced.
@@ -1063,6 +1112,36 @@ FASTCONV_SM90_ALGO(implicit_gemm_sm90_128x64, Sm90Tile::kWide)
 FASTCONV_SM90_ALGO(implicit_gemm_sm90_64x64, Sm90Tile::kSmall)
 FASTCONV_SM90_ALGO(implicit_gemm_sm90_splitk, Sm90Tile::kSplitK)
 #undef FASTCONV_SM90_ALGO
+
+size_t conv2d_implicit_gemm_sm90_fprop_stats_workspace_bytes(const Conv2dShape& s) {
+  if (!fprop_geometry_ok(s, 2)) return 0;
+  return align_ws(size_t(stats_slots(stats_plan(s))) * size_t(s.K) * sizeof(float2));
+}
+
+template <typename T>
+cudaError_t conv2d_implicit_gemm_sm90_fprop_stats(const Conv2dShape& s, const T* x, const T* w, T* y,
+                                                  float* save_mean, float* save_invstd, float* batch_var, double eps,
+                                                  void* ws, size_t ws_bytes, cudaStream_t stream) {
+  static_assert(sizeof(T) == 2, "statistics are 16-bit only (as conv2d_implicit_gemm_fprop_stats)");
+  if (!fprop_geometry_ok(s, 2) || save_mean == nullptr || save_invstd == nullptr || batch_var == nullptr ||
+      ws == nullptr || !aligned(ws, 16) || ws_bytes < conv2d_implicit_gemm_sm90_fprop_stats_workspace_bytes(s) ||
+      !(eps >= 0.0))
+    return cudaErrorInvalidValue;
+  const Sm90Plan plan = stats_plan(s);  // what run_fprop picks with `stats` and no split-K workspace
+  float2* part = static_cast<float2*>(ws);
+  cudaError_t err = run_fprop<T>(Sm90Tile::kAuto, s, x, w, ConvEpilogue<T>{}, y, nullptr, 0, stream, nullptr, part);
+  if (err != cudaSuccess) return err;
+  FC_LAUNCH(dim3(static_cast<unsigned int>(s.K)), kStatsThreads, 0, stream, bn_stats_finalize_kernel)(
+      part, stats_slots(plan), kStatsRows, int(s.fprop_m()), int(s.K), eps, save_mean, save_invstd, batch_var);
+  return launch_status();
+}
+template cudaError_t conv2d_implicit_gemm_sm90_fprop_stats<__half>(const Conv2dShape&, const __half*, const __half*,
+                                                                   __half*, float*, float*, float*, double, void*,
+                                                                   size_t, cudaStream_t);
+template cudaError_t conv2d_implicit_gemm_sm90_fprop_stats<__nv_bfloat16>(const Conv2dShape&, const __nv_bfloat16*,
+                                                                          const __nv_bfloat16*, __nv_bfloat16*,
+                                                                          float*, float*, float*, double, void*,
+                                                                          size_t, cudaStream_t);
 
 template <typename T>
 cudaError_t conv2d_implicit_gemm_sm90_fprop_fused(const Conv2dShape& s, const T* x, const T* w, const float* scale,

@@ -48,7 +48,7 @@
 //   warp's (mean, M2) for its WM rows to ws as partial[slot][k], slot = blockIdx.x·kWarpsM + warp_m:
 //   one writer per element, no atomics, no shared memory, no extra barrier. The count of a slot is
 //   implicit (min(WM, M − slot·WM) rows), so the partials cost 8 bytes per channel per 32 or 64 rows.
-//   bn_stats_finalize_kernel (one block per channel) merges the slots in a fixed order (strided
+//   bn_stats_finalize_kernel (bn_stats_finalize.cuh; one block per channel) merges the slots in a fixed order (strided
 //   per-thread runs, then a fixed tree) in double and writes save_mean, batch_var (biased) and
 //   save_invstd = 1/sqrt(var + eps). Deterministic: the same bits on every run.
 //   Why (mean, M2) rather than (Σ, Σ²): a conv output's mean is often large next to its spread (a
@@ -71,6 +71,7 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "bn_stats_finalize.cuh"
 #include "common.cuh"
 #include "epilogue.cuh"
 #include "ptx.cuh"
@@ -744,56 +745,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) igemm_kernel(const IgemmPara
               m2 += d * d;
             }
           }
-#pragma unroll
-        for (int off = 4; off < 32; off <<= 1) {
-          const float nb = __shfl_xor_sync(0xffffffffu, n, off);
-          const float mb = __shfl_xor_sync(0xffffffffu, mean, off);
-          const float m2b = __shfl_xor_sync(0xffffffffu, m2, off);
-          chan_merge(mean, m2, n, mb, m2b, nb);
-        }
+        merge_column_lanes(mean, m2, n);
         if ((lane >> 2) == 0 && jj + c < p.Ngemm) part[jj + c] = make_float2(mean, m2);
       }
     }
-  }
-}
-
-// conv2d_bn_train's second pass: channel blockIdx.x's (mean, M2) from its `slots` warp partials. Slot
-// t covers rows [t·rows_per_slot, min(M, (t + 1)·rows_per_slot)). Thread i merges slots i, i + 256, ...
-// in order, then a fixed tree merges the 256 runs: the same order on every run. Double throughout
-// (counts reach 2^30; the merge is K·slots work, not the hot loop).
-constexpr int kStatsThreads = 256;
-__global__ void __launch_bounds__(kStatsThreads) bn_stats_finalize_kernel(const float2* __restrict__ partial,
-                                                                          int64_t slots, int rows_per_slot, int M,
-                                                                          int K, double eps,
-                                                                          float* __restrict__ save_mean,
-                                                                          float* __restrict__ save_invstd,
-                                                                          float* __restrict__ batch_var) {
-  FC_SHARED(double, sh_n, [kStatsThreads]);
-  FC_SHARED(double, sh_mean, [kStatsThreads]);
-  FC_SHARED(double, sh_m2, [kStatsThreads]);
-  const int k = blockIdx.x, tid = threadIdx.x;
-  double n = 0.0, mean = 0.0, m2 = 0.0;
-  for (int64_t t = tid; t < slots; t += kStatsThreads) {
-    const int64_t rows = min(static_cast<int64_t>(rows_per_slot), static_cast<int64_t>(M) - t * rows_per_slot);
-    if (rows <= 0) continue;
-    const float2 v = partial[t * K + k];
-    chan_merge(mean, m2, n, static_cast<double>(v.x), static_cast<double>(v.y), static_cast<double>(rows));
-  }
-  sh_n[tid] = n;
-  sh_mean[tid] = mean;
-  sh_m2[tid] = m2;
-  __syncthreads();
-  for (int stride = kStatsThreads / 2; stride > 0; stride /= 2) {
-    if (tid < stride) {
-      chan_merge(sh_mean[tid], sh_m2[tid], sh_n[tid], sh_mean[tid + stride], sh_m2[tid + stride], sh_n[tid + stride]);
-    }
-    __syncthreads();
-  }
-  if (tid == 0) {
-    const float var = static_cast<float>(sh_n[0] > 0.0 ? sh_m2[0] / sh_n[0] : 0.0);
-    save_mean[k] = static_cast<float>(sh_mean[0]);
-    batch_var[k] = var;
-    save_invstd[k] = 1.0f / sqrtf(var + static_cast<float>(eps));  // batchnorm2d.cu's rsqrt_exact
   }
 }
 

@@ -202,6 +202,51 @@ bool accepted(const Conv2dShape& s, ConvDir dir, const Case& c, const char* what
   return false;
 }
 
+// conv2d_bn_train's kernel: y as plain fprop (against the reference), and per channel the mean, biased
+// variance and 1/sqrt(var + eps) of that y as rounded to T, recomputed here in double from the y it
+// returned (the statistics the caller normalises with). Partial last tiles, groups and K past a tile
+// come from the cases.
+template <typename T>
+bool check_stats(const Case& c, const Conv2dShape& s, const T* dx, const T* dw, const std::vector<double>& ref,
+                 const std::vector<double>& mag) {
+  const size_t ny = ref.size(), K = size_t(s.K), rows = ny / K;
+  const double eps = 1e-5;
+  const size_t ws_bytes = conv2d_implicit_gemm_sm90_fprop_stats_workspace_bytes(s);
+  DevBuf<unsigned char> ws(ws_bytes);
+  DevBuf<T> dy(ny);
+  DevBuf<float> dmean(K), dinv(K), dvar(K);
+  CUDA_CHECK(cudaMemset(dy.p, 0xff, ny * sizeof(T)));
+  CUDA_CHECK(cudaMemset(ws.p, 0xff, ws_bytes));  // NaN partials: a slot the kernel skips or misses shows
+  CUDA_CHECK(conv2d_implicit_gemm_sm90_fprop_stats<T>(s, dx, dw, dy.p, dmean.p, dinv.p, dvar.p, eps, ws.p, ws_bytes, 0));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<T> got(ny);
+  std::vector<float> mean(K), inv(K), var(K);
+  CUDA_CHECK(cudaMemcpy(got.data(), dy.p, ny * sizeof(T), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(mean.data(), dmean.p, K * 4, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(inv.data(), dinv.p, K * 4, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(var.data(), dvar.p, K * 4, cudaMemcpyDeviceToHost));
+  bool ok = compare("stats y", c, got, ref, mag);
+  double worst = 0.0;
+  size_t bad = 0;
+  for (size_t k = 0; k < K; ++k) {
+    double m = 0.0, m2 = 0.0;
+    for (size_t r = 0; r < rows; ++r) m += to_f(got[r * K + k]);
+    m /= double(rows);
+    for (size_t r = 0; r < rows; ++r) m2 += (to_f(got[r * K + k]) - m) * (to_f(got[r * K + k]) - m);
+    const double v = m2 / double(rows), sd = std::sqrt(v);
+    // FP32 slot merges: errors of a few ulps of the spread (and of the mean for the mean).
+    const double em = std::fabs(mean[k] - m) / (1e-5 * (std::fabs(m) + sd) + 1e-30);
+    const double ev = std::fabs(var[k] - v) / (1e-4 * v + 1e-12);
+    const double ei = std::fabs(inv[k] - 1.0 / std::sqrt(v + eps)) / (1e-5 / std::sqrt(v + eps));
+    const double e = std::max(em, std::max(ev, ei));
+    if (!(e <= 1.0)) ++bad;  // NaN fails
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+  }
+  std::printf("%s %-5s %-26s %-12s max err/tol %.3f\n", bad ? "FAIL" : "ok  ", type_name<T>(), c.name, "stats", worst);
+  if (bad) ++g_failures;
+  return ok && bad == 0;
+}
+
 template <typename T>
 bool check_fprop(const Case& c, Variant variant = kRule) {
   const Conv2dShape s = make_shape(c);
@@ -281,6 +326,9 @@ bool check_fprop(const Case& c, Variant variant = kRule) {
   std::vector<double> magf(mag);
   for (size_t i = 0; i < ny; ++i) magf[i] *= scale[i % size_t(s.K)];
   ok &= compare("fused", c, got, reff, magf);
+  if constexpr (sizeof(T) == 2) {
+    if (variant == kRule) ok &= check_stats<T>(c, s, dx.p, dw.p, ref, mag);
+  }
   return ok;
 }
 

@@ -12,12 +12,14 @@
 //   kernel, one extra pass over y.
 //
 // conv2d_bn_train: conv_out = conv2d(x, w); batch statistics of conv_out; out = relu?(BN(conv_out)).
-// algo "implicit_gemm": the tensor-core kernel stores conv_out and per-warp-slot Welford partials of
-//   it, a finalize kernel merges them in fixed order into save_mean / batch_var / save_invstd
-//   (conv2d_implicit_gemm_fprop_stats), then the batch_norm_eval op with the batch statistics as its
-//   "running" statistics writes out in one elementwise pass: the separate statistics pass over
-//   conv_out is gone.
-// any other algo: the conv2d op, then the batch_norm_train op (its Welford statistics kernels).
+// algo "implicit_gemm" / "implicit_gemm_sm90" (16-bit): the tensor-core kernel stores conv_out and
+//   per-warp-slot Welford partials of it, a finalize kernel merges them in fixed order into save_mean /
+//   batch_var / save_invstd (conv2d_implicit_gemm{,_sm90}_fprop_stats), then the batch_norm_eval op
+//   with the batch statistics as its "running" statistics writes out in one elementwise pass: the
+//   separate statistics pass over conv_out is gone. float32, and partials that would not fit the
+//   workspace limit, run the composition below instead (the same results, one more pass).
+// any other algo (the engine's forced tiles too): the conv2d op, then the batch_norm_train op (its
+//   Welford statistics kernels).
 // Compiled only against a CUDA build of torch (setup.py), syntax-checked by scripts/check_cuda_binding.sh.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -63,6 +65,22 @@ void aten_epilogue(at::Tensor& y, const std::optional<at::Tensor>& scale, const 
   if (is_defined(residual)) v.add_(residual->to(acc));
   if (relu) v.relu_();
   if (!v.is_same(y)) y.copy_(v);
+}
+
+// The fused kernels' can_implement (NHWC strides set), the same words for both fused ops.
+void check_fprop_kernel(bool sm90, const Conv2dShape& s, int elem, const at::Tensor& input, const at::Tensor& weight,
+                        const char* op) {
+  if (sm90) {
+    TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_sm90_can_implement(s, cuda::ConvDir::kFprop, elem),
+                                "fastconv.", op,
+                                ": CUDA algo 'implicit_gemm_sm90' cannot implement this convolution (it needs a "
+                                "compute capability 9.0 device, C and C/groups multiples of 16 bytes and TMA's "
+                                "im2col limits): input ", input.sizes(), ", weight ", weight.sizes());
+  } else {
+    TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_can_implement(s, cuda::ConvDir::kFprop, elem), "fastconv.",
+                                op, ": CUDA algo 'implicit_gemm' cannot implement this convolution (every size must "
+                                "be below 2^30): input ", input.sizes(), ", weight ", weight.sizes());
+  }
 }
 
 at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& scale,
@@ -121,17 +139,7 @@ at::Tensor conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& weight, 
   s.w = channels_last_strides(s.Cg(), s.R, s.S);
   s.y = channels_last_strides(s.K, s.P, s.Q);
   const int elem = static_cast<int>(input.element_size());
-  if (sm90) {
-    TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_sm90_can_implement(s, cuda::ConvDir::kFprop, elem),
-                                "fastconv.", kOp,
-                                ": CUDA algo 'implicit_gemm_sm90' cannot implement this convolution (it needs a "
-                                "compute capability 9.0 device, C and C/groups multiples of 16 bytes and TMA's "
-                                "im2col limits): input ", input.sizes(), ", weight ", weight.sizes());
-  } else {
-    TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_can_implement(s, cuda::ConvDir::kFprop, elem), "fastconv.",
-                                kOp, ": CUDA algo 'implicit_gemm' cannot implement this convolution (every size must "
-                                "be below 2^30): input ", input.sizes(), ", weight ", weight.sizes());
-  }
+  check_fprop_kernel(sm90, s, elem, input, weight, kOp);
   const at::Tensor sc = is_defined(scale) ? scale->to(at::kFloat).contiguous() : at::Tensor();
   const at::Tensor bi = is_defined(bias) ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* scp = sc.defined() ? sc.const_data_ptr<float>() : nullptr;
@@ -183,7 +191,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_bn
   // on the CPU, so the devices cannot drift), before any work.
   prepare_bn(at::empty({0, s.K}, input.options()), bn_weight, bn_bias, op);
 
-  const bool stats_kernel = algo == "implicit_gemm" && input.numel() > 0 && s.N * s.P * s.Q > 0;
+  const bool sm90 = algo == "implicit_gemm_sm90";
+  const char* algo_name = sm90 ? "implicit_gemm_sm90" : "implicit_gemm";
+  // 16-bit only (float32 composes: its conv applies the TF32 policy).
+  const bool half = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  bool stats_kernel = (algo == "implicit_gemm" || sm90) && half && input.numel() > 0 && s.N * s.P * s.Q > 0;
+  size_t ws_bytes = 0;  // the statistics partials
+  if (stats_kernel) {  // the kernels' NHWC / KRSC / NPQK layouts (the operands are made so below)
+    s.x = channels_last_strides(s.C, s.H, s.W);
+    s.w = channels_last_strides(s.Cg(), s.R, s.S);
+    s.y = channels_last_strides(s.K, s.P, s.Q);
+    ws_bytes = sm90 ? cuda::conv2d_implicit_gemm_sm90_fprop_stats_workspace_bytes(s)
+                    : cuda::conv2d_implicit_gemm_fprop_stats_workspace_bytes(s);
+    stats_kernel = ws_bytes <= workspace_limit_bytes();
+  }
   if (!stats_kernel) {
     // Every other algorithm (and the empty cases, where there is nothing to fuse): the composition.
     at::Tensor conv_out = call_conv2d(input, weight, stride, padding, dilation, groups, algo);
@@ -191,7 +212,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_bn
     return {out, conv_out, mean, invstd, var};
   }
 
-  check_dtype_in(input, {at::kHalf, at::kBFloat16}, op, "CUDA algo 'implicit_gemm'");
   const at::ScalarType st = input.scalar_type();
   CudaDeviceGuard guard(input.device());
   const cudaStream_t stream = current_cuda_stream();
@@ -201,32 +221,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_bn
   const at::Tensor x = input.contiguous(kfmt);
   const at::Tensor w = weight.contiguous(kfmt);
   TORCH_INTERNAL_ASSERT(x.is_contiguous(kfmt) && w.is_contiguous(kfmt));
-  s.x = channels_last_strides(s.C, s.H, s.W);
-  s.w = channels_last_strides(s.Cg(), s.R, s.S);
-  s.y = channels_last_strides(s.K, s.P, s.Q);
-  TORCH_CHECK_NOT_IMPLEMENTED(cuda::conv2d_implicit_gemm_can_implement(s, cuda::ConvDir::kFprop, 2), "fastconv.", op,
-                              ": CUDA algo 'implicit_gemm' cannot implement this convolution (every size must be "
-                              "below 2^30): input ", input.sizes(), ", weight ", weight.sizes());
+  check_fprop_kernel(sm90, s, 2, input, weight, op);
 
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(kfmt));
   const at::TensorOptions stat_opts = input.options().dtype(at::kFloat).memory_format(MemoryFormat::Contiguous);
   at::Tensor save_mean = at::empty({s.K}, stat_opts);
   at::Tensor save_invstd = at::empty({s.K}, stat_opts);
   at::Tensor batch_var = at::empty({s.K}, stat_opts);
-  const size_t ws_bytes = cuda::conv2d_implicit_gemm_fprop_stats_workspace_bytes(s);
   const at::Tensor ws = workspace(input, ws_bytes);
 
-  cudaError_t err = cudaSuccess;
-  if (st == at::kHalf) {
-    err = cuda::conv2d_implicit_gemm_fprop_stats<__half>(s, cptr<__half>(x), cptr<__half>(w), ptr<__half>(y),
-                                                         ptr<float>(save_mean), ptr<float>(save_invstd),
-                                                         ptr<float>(batch_var), eps, ws.data_ptr(), ws_bytes, stream);
-  } else {
-    err = cuda::conv2d_implicit_gemm_fprop_stats<__nv_bfloat16>(
-        s, cptr<__nv_bfloat16>(x), cptr<__nv_bfloat16>(w), ptr<__nv_bfloat16>(y), ptr<float>(save_mean),
-        ptr<float>(save_invstd), ptr<float>(batch_var), eps, ws.data_ptr(), ws_bytes, stream);
-  }
-  check_cuda(err, op, "implicit_gemm");
+  const auto run = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const auto fn = sm90 ? &cuda::conv2d_implicit_gemm_sm90_fprop_stats<T> : &cuda::conv2d_implicit_gemm_fprop_stats<T>;
+    return fn(s, cptr<T>(x), cptr<T>(w), ptr<T>(y), ptr<float>(save_mean), ptr<float>(save_invstd),
+              ptr<float>(batch_var), eps, ws.data_ptr(), ws_bytes, stream);
+  };
+  const cudaError_t err = st == at::kHalf ? run(Tag<__half>{}) : run(Tag<__nv_bfloat16>{});
+  check_cuda(err, op, algo_name);
   // The apply pass: (y − mean)·invstd·w + b (+ReLU) with the batch statistics, y's layout.
   at::Tensor out = call_batch_norm_eval(y, bn_weight, bn_bias, save_mean, batch_var, eps, relu);
   return {out.contiguous(fmt), y.contiguous(fmt), save_mean, save_invstd, batch_var};

@@ -103,8 +103,8 @@ cudaError_t conv2d_implicit_gemm_fprop_fused(const Conv2dShape& s, const T* x, c
                                              size_t ws_bytes, cudaStream_t stream);
 
 // conv2d_igemm_sm90.cu — the same fused fprop on the Hopper engine (T in {__half, __nv_bfloat16, float =
-// TF32}); ws: optional FP32 split-K partials (conv2d_implicit_gemm_sm90_workspace_bytes(s, kFprop, ...)
-// minus the bias slot), null runs without split-K.
+// TF32}); ws: optional FP32 split-K partials (conv2d_implicit_gemm_sm90_workspace_bytes(s, kFprop, ...)),
+// null runs without split-K.
 template <typename T>
 cudaError_t conv2d_implicit_gemm_sm90_fprop_fused(const Conv2dShape& s, const T* x, const T* w, const float* scale,
                                                   const float* bias, const T* residual, bool relu, T* y, void* ws,
@@ -121,6 +121,16 @@ template <typename T>
 cudaError_t conv2d_implicit_gemm_fprop_stats(const Conv2dShape& s, const T* x, const T* w, T* y, float* save_mean,
                                              float* save_invstd, float* batch_var, double eps, void* ws,
                                              size_t ws_bytes, cudaStream_t stream);
+
+// conv2d_igemm_sm90.cu — the same on the Hopper engine (the rule's tiles without split-K; one (mean, M2)
+// slot per warp's 16 rows). T in {__half, __nv_bfloat16}; shapes as
+// conv2d_implicit_gemm_sm90_can_implement(s, kFprop, 2); ws: at least
+// conv2d_implicit_gemm_sm90_fprop_stats_workspace_bytes(s) bytes, 16-byte aligned.
+size_t conv2d_implicit_gemm_sm90_fprop_stats_workspace_bytes(const Conv2dShape& s);
+template <typename T>
+cudaError_t conv2d_implicit_gemm_sm90_fprop_stats(const Conv2dShape& s, const T* x, const T* w, T* y,
+                                                  float* save_mean, float* save_invstd, float* batch_var, double eps,
+                                                  void* ws, size_t ws_bytes, cudaStream_t stream);
 
 // gemm_simt.cu — batched C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b], row-major, FP32 (or FP64)
 // accumulate. op(A) is M x K, op(B) is K x N. T in {float, __half, __nv_bfloat16}; Out in {T, float}.
