@@ -27,6 +27,16 @@ CUDA_DEVICE = _pick()
 EMULATED = CUDA_DEVICE is not None and CUDA_DEVICE != "cuda"
 
 
+def sm90_device() -> bool:
+    """Whether CUDA_DEVICE is compute capability 9.0 (the Hopper engine's): an H100/H200, or the
+    emulated device while it emulates sm_90."""
+    if CUDA_DEVICE is None:
+        return False
+    if EMULATED:
+        return fastconv._ext.emu_arch() == 90
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
 def skip_if_too_big_for_emulator(shape) -> None:
     if EMULATED and math.prod(shape) > EMU_MAX_NUMEL:
         pytest.skip(f"{tuple(shape)} is too big for the emulated CUDA device (> {EMU_MAX_NUMEL} elements); "

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import fastconv  # noqa: F401  (registers the ops)
+from fastconv import backends
 from fastconv.fused import conv2d_bn_train
 
-from _devices import CUDA_DEVICE, skip_if_too_big_for_emulator
+from _devices import CUDA_DEVICE, skip_if_too_big_for_emulator, sm90_device
 
 ops = torch.ops.fastconv
 
@@ -159,6 +160,25 @@ def _rel_err(a, ref):
     return (a.double() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
 
 
+@pytest.mark.cuda
+@pytest.mark.emulated
+@pytest.mark.skipif(CUDA_DEVICE is None, reason="needs a CUDA GPU or the emulated CUDA device")
+@pytest.mark.parametrize("algo", ["implicit_gemm", "implicit_gemm_sm90"])
+def test_float32_on_tf32_composes_cuda(algo):
+    # float32 on the tensor-core algorithms: the conv on TF32 (only while allowed), then batch_norm_train.
+    if algo == "implicit_gemm_sm90" and not sm90_device():
+        pytest.skip("the Hopper engine needs an sm_90 device")
+    (x, w), (bw, bb), (stride, pad, dil, groups) = _inputs(CUDA_CASES[0], torch.float64, CUDA_DEVICE,
+                                                           layout="channels_last")
+    with backends.flags(allow_tf32=True):
+        out, mean, var = conv2d_bn_train(x.float(), w.float(), bw.float(), bb.float(), stride, pad, dil, groups,
+                                         algo=algo)
+    r_out, r_mean, r_var = _reference(x, w, bw, bb, stride, pad, dil, groups, False)
+    # TF32 operands (10-bit mantissas): errors of ~1e-3 of the conv's scale; a wrong statistic is O(1).
+    for name, o, r in (("out", out, r_out), ("mean", mean, r_mean), ("var", var, r_var)):
+        assert o.dtype == torch.float32 and _rel_err(o, r) < 1e-2, (name, _rel_err(o, r))
+
+
 def _torch_low(x, w, bw, bb, stride, pad, dil, groups, relu):
     # torch at the low precision: the conv in x's dtype, batch norm on it in float32 (as cuDNN does).
     c = F.conv2d(x, w, None, stride, pad, dil, groups).float()
@@ -174,6 +194,8 @@ def _torch_low(x, w, bw, bb, stride, pad, dil, groups, relu):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("cfg,relu", [(CUDA_CASES[0], True), (CUDA_CASES[1], False)], ids=lambda v: str(v)[:24])
 def test_parity_cuda(cfg, relu, dtype, algo):
+    if algo == "implicit_gemm_sm90" and not sm90_device():
+        pytest.skip("the Hopper engine needs an sm_90 device")
     layout = "channels_last" if algo.startswith("implicit_gemm") else "nchw"
     (x, w), (bw, bb), (stride, pad, dil, groups) = _inputs(cfg, torch.float64, CUDA_DEVICE, layout=layout)
     bw, bb = bw.float(), bb.float()

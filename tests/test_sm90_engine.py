@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _devices import CUDA_DEVICE, EMULATED
+from _devices import CUDA_DEVICE, EMULATED, sm90_device
 from helpers import judge_against_torch, rel_err
 
 import fastconv
@@ -30,18 +30,10 @@ ALGO = "implicit_gemm_sm90"
 ops = torch.ops.fastconv
 
 
-def _sm90_device() -> bool:
-    if CUDA_DEVICE is None:
-        return False
-    if EMULATED:
-        return fastconv._ext.emu_arch() == 90
-    return torch.cuda.get_device_capability() == (9, 0)
-
-
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.emulated,
-    pytest.mark.skipif(not _sm90_device(), reason="needs an sm_90 device (a GPU or the emulated sm_90 device)"),
+    pytest.mark.skipif(not sm90_device(), reason="needs an sm_90 device (a GPU or the emulated sm_90 device)"),
 ]
 
 # (name, input [N, C, H, W], weight [K, C/groups, R, S], stride, padding, dilation, groups)
