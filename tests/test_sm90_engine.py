@@ -6,8 +6,9 @@ Every layer class of ResNet-50 and GoogLeNet at a small batch (1x1 reduce/expand
 padding/dilation, groups, the split-K configuration (batch 1, 7x7); float16 and bfloat16 (judged by the
 tolerance table of tests/helpers.py: within 2x torch's own error at that precision), float32 on TF32
 (only with fastconv.backends.allow_tf32; judged against float64 with TF32's error bound); fprop, the
-fused epilogue, dgrad (stride 1 on the flipped filter, strided — also dilated — by residue classes), wgrad (16-bit:
-MN-major wgmma operands, split-K), and training through autograd (each backward direction on the
+fused epilogue, dgrad (stride 1 over the flipped filter, which 16-bit reads from w itself; strided, also
+dilated, by residue classes), wgrad (16-bit: MN-major wgmma operands, split-K), conv2d_bn_train's
+statistics epilogue, and training through autograd (each backward direction on the
 engine where it implements it, else on implicit_gemm). Refusals: C = 3, float32 without TF32, an sm_80
 device, float32 wgrad, dgrad/wgrad with K not a multiple of 8 (dy as a TMA source); "auto" never
 picks the engine.
@@ -281,6 +282,24 @@ def test_wgrad_split_needs_its_workspace():
         fastconv._ext.set_workspace_limit(old)
     ref = torch.nn.grad.conv2d_weight(x.half().double(), [16, 16, 1, 1], dy.half().double())
     assert float((out - ref).abs().max()) < 0.02 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[9]], ids=["3x3", "3x3_s2_classes", "splitk_late_layer"])
+def test_16bit_training_needs_no_workspace(case):
+    # fprop's bias in T, dgrad's B read from w (no flipped copy), wgrad and the rule's split-K only as the
+    # workspace allows: under workspace_limit_mb = 0 the engine still takes the forward and both backward
+    # directions of a 16-bit conv.
+    _, xs, ws, stride, padding, dilation, groups = case
+    x, w, b = _inputs([xs, ws, (ws[0],)], seed=11)
+    p = algorithms.ConvProblem.from_tensors(_cl(x).to(CUDA_DEVICE, torch.float16),
+                                            _cl(w).to(CUDA_DEVICE, torch.float16), [stride] * 2, [padding] * 2,
+                                            [dilation] * 2, groups)
+    assert algorithms.workspace_bytes(ALGO, p) == 0
+    with backends.flags(workspace_limit_mb=0):
+        judge_against_torch(
+            lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups, algo=ALGO),
+            lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
+            [_cl(x), _cl(w), b], torch.float16, CUDA_DEVICE, what=f"{ALGO} {case[0]} no workspace")
 
 
 # conv2d_bn_train on the engine: the statistics come from the fprop's epilogue (per-warp (mean, M2) slots,

@@ -157,6 +157,9 @@ struct Sm90Params {
   int64_t partial_total;
   // kStats (conv2d_bn_train): [m_tiles·BM/16][K] (mean, M2) of the rounded y per warp's 16 rows.
   float2* stats;
+  // kDgradW (16-bit dgrad): B from w itself; the flipped filter's tap (r, s) is w's tap
+  // (tap_r0 − tap_dr·r, tap_s0 − tap_ds·s) of tap_S columns.
+  int tap_r0, tap_dr, tap_s0, tap_ds, tap_S;
 };
 
 template <typename Cfg>
@@ -186,7 +189,10 @@ __device__ __forceinline__ void next_stage(int& stage, unsigned int& phase) {
 // pixels, 128 bytes of filters each), B = x by TMA im2col (N-major: rows are pixels, 64 channels of one
 // tap), both read by wgmma as MN-major operands (imm-trans 1, f16/bf16 only); tmap_w is dy's map.
 // kStats: plain fprop (no split-K, empty epilogue) that also leaves the batch statistics of y (below).
-template <typename Cfg, typename T, bool kSplitK, bool kWgrad, bool kStats = false>
+// kDgradW: dgrad as an fprop over dy whose B is read from w itself (16-bit): tiles of 64 filters (the GEMM's
+// K) x 64 channels (N, contiguous in KRSC) at the flipped tap, so B is N-major (imm-trans-b, the wgrad B
+// descriptor) and no flipped copy of w is written.
+template <typename Cfg, typename T, bool kSplitK, bool kWgrad, bool kStats = false, bool kDgradW = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     igemm_sm90_kernel(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w,
                       const Sm90Params<T> p) {
@@ -259,8 +265,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         tma_load_im2col_4d(stage_a(stage), &tmap_x, full(stage), g * p.Cg + cc * (Cfg::kRowBytes / int(sizeof(T))),
                            corner_w, corner_h, n_img, static_cast<uint16_t>(s * p.dil_w),
                            static_cast<uint16_t>(r * p.dil_h));
-        tma_load_tile_3d(stage_b(stage), &tmap_w, full(stage), cc * (Cfg::kRowBytes / int(sizeof(T))), rs,
-                         g * p.Kg + nt * Cfg::kBN);
+        if constexpr (kDgradW) {
+          constexpr int kSub = Cfg::kRowBytes / int(sizeof(T));  // 64 filters / channels
+          const int rs_w = (p.tap_r0 - p.tap_dr * r) * p.tap_S + p.tap_s0 - p.tap_ds * s;
+#pragma unroll
+          for (int j = 0; j < Cfg::kBN / kSub; ++j)  // channels past Cg and filters past K are zero-filled
+            tma_load_tile_3d(stage_b(stage) + j * Cfg::kSubTileBytes, &tmap_w, full(stage), nt * Cfg::kBN + j * kSub,
+                             rs_w, g * p.Cg + cc * kSub);
+        } else {
+          tma_load_tile_3d(stage_b(stage), &tmap_w, full(stage), cc * (Cfg::kRowBytes / int(sizeof(T))), rs,
+                           g * p.Kg + nt * Cfg::kBN);
+        }
         next_stage<Cfg>(stage, phase);
       }
     }
@@ -295,6 +310,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           const uint64_t db = make_smem_desc(b + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
                                              SmemSwizzle::k128B);
           wgmma_ss<T, Cfg::kBN, true, true>(acc, da, db, kit > kb || k > 0);
+        } else if constexpr (kDgradW) {
+          // A K-major as fprop; B N-major SW128 as wgrad's B: 16 filter rows per wgmma.
+          const uint64_t da = make_smem_desc(a + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
+          const uint64_t db = make_smem_desc(b + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
+                                             SmemSwizzle::k128B);
+          wgmma_ss<T, Cfg::kBN, false, true>(acc, da, db, kit > kb || k > 0);
         } else {
           const uint64_t da = make_smem_desc(a + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
           const uint64_t db = make_smem_desc(b + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
@@ -714,14 +735,21 @@ bool dgrad_classes(const Conv2dShape& s, int elem_bytes, std::vector<DgradClass>
 
 // The residue classes' sub-filters: every tap once, each class's start rounded up to 8 elements (16-byte
 // aligned for TMA), at most sh·sw ≤ 64 classes.
+// dgrad's filter copies, TF32 only (16-bit reads w itself: kDgradW): the residue classes' packed sub-filters,
+// or the stride-1 flipped filter.
 size_t class_filter_bytes(const Conv2dShape& s, int elem_bytes) {
+  if (elem_bytes == 2) return 0;
   return align_ws((size_t(s.K) * size_t(s.R * s.S * s.Cg()) + 8 * 64) * size_t(elem_bytes));
 }
+size_t flip_filter_bytes(const Conv2dShape& s, int elem_bytes) {
+  if (elem_bytes == 2) return 0;
+  return align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * size_t(elem_bytes));
+}
 
-template <typename Cfg, typename T, bool kSplitK, bool kWgrad = false, bool kStats = false>
+template <typename Cfg, typename T, bool kSplitK, bool kWgrad = false, bool kStats = false, bool kDgradW = false>
 cudaError_t launch_cfg(const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p, int sms,
                        cudaStream_t stream) {
-  const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad, kStats>;
+  const auto kernel = igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad, kStats, kDgradW>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
   const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(p.tiles, int64_t(sms) * Cfg::kBlocksPerSm));
@@ -758,14 +786,14 @@ bool set_geometry(const Conv2dShape& s, const Sm90Plan& plan, int chunk, Sm90Par
 }
 
 // The kernel of a plan's configuration.
-template <typename T, bool kSplitK, bool kWgrad, bool kStats = false>
+template <typename T, bool kSplitK, bool kWgrad, bool kStats = false, bool kDgradW = false>
 cudaError_t launch_plan(const Sm90Plan& plan, const CUtensorMap& tx, const CUtensorMap& tw, const Sm90Params<T>& p,
                         int sms, cudaStream_t stream) {
   if (plan.bm == Sm90Large::kBM && plan.bn == Sm90Large::kBN)
-    return launch_cfg<Sm90Large, T, kSplitK, kWgrad, kStats>(tx, tw, p, sms, stream);
+    return launch_cfg<Sm90Large, T, kSplitK, kWgrad, kStats, kDgradW>(tx, tw, p, sms, stream);
   if (plan.bm == Sm90Wide::kBM && plan.bn == Sm90Wide::kBN)
-    return launch_cfg<Sm90Wide, T, kSplitK, kWgrad, kStats>(tx, tw, p, sms, stream);
-  return launch_cfg<Sm90Small, T, kSplitK, kWgrad, kStats>(tx, tw, p, sms, stream);
+    return launch_cfg<Sm90Wide, T, kSplitK, kWgrad, kStats, kDgradW>(tx, tw, p, sms, stream);
+  return launch_cfg<Sm90Small, T, kSplitK, kWgrad, kStats, kDgradW>(tx, tw, p, sms, stream);
 }
 
 // The plan run_fprop launches with `ws_bytes` of workspace for the partials: the rule's split-K only when
@@ -797,12 +825,21 @@ cudaError_t encode_x_im2col(const Conv2dShape& s, const T* x, uint32_t pixels, c
                                   estr, CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
+// 16-bit dgrad (kDgradW): w itself is the fprop's B — K filters x R·S taps x Cg channels, dense KRSC —
+// and the fprop's tap (r, s) is w's (r0 − dr·r, s0 − ds·s).
+struct Sm90TapMap {
+  int r0, dr, s0, ds;
+  int64_t K, R, S, Cg;
+};
+
 // y = epilogue(conv(x, w)) for a geometry fprop_geometry_ok accepted; ws: split-K partials. stats: also the
-// statistics partials of y (kStats; no split-K, an empty epilogue).
+// statistics partials of y (kStats; no split-K, an empty epilogue). tm: dgrad with B read from the original
+// filter w (kDgradW, 16-bit).
 template <typename T>
 cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
                       void* ws, size_t ws_bytes, cudaStream_t stream, const Sm90Remap* rm = nullptr,
-                      float2* stats = nullptr) {
+                      float2* stats = nullptr, const Sm90TapMap* tm = nullptr) {
+  if (tm != nullptr && (sizeof(T) != 2 || stats != nullptr)) return cudaErrorInvalidValue;
   int sms = 0;
   if (!sm90_device(&sms) || (rm == nullptr && !fprop_geometry_ok(s, sizeof(T))) || x == nullptr || w == nullptr ||
       y == nullptr || !aligned(x, 16) || !aligned(w, 16))
@@ -819,7 +856,16 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
     cudaError_t err = encode_x_im2col<T>(s, x, uint32_t(bm), rm, &tx);
     if (err != cudaSuccess) return err;
   }
-  {
+  if (tm != nullptr) {
+    // w as [K][R·S][Cg]: boxes of 64 channels (128 bytes, the swizzle span) x 1 tap x 64 filters.
+    const uint64_t dims[3] = {uint64_t(tm->Cg), uint64_t(tm->R * tm->S), uint64_t(tm->K)};
+    const uint64_t strides[2] = {uint64_t(tm->Cg) * sizeof(T), uint64_t(tm->R * tm->S * tm->Cg) * sizeof(T)};
+    const uint32_t box[3] = {kBK, 1, kBK};
+    const uint32_t estr[3] = {1, 1, 1};
+    cudaError_t err =
+        encode_tensor_map_tiled(&tw, tma_dtype<T>(), 3, w, dims, strides, box, estr, CU_TENSOR_MAP_SWIZZLE_128B);
+    if (err != cudaSuccess) return err;
+  } else {
     const uint64_t dims[3] = {uint64_t(s.Cg()), uint64_t(s.R * s.S), uint64_t(s.K)};
     const uint64_t strides[2] = {uint64_t(s.w.w) * sizeof(T), uint64_t(s.w.n) * sizeof(T)};
     const uint32_t box[3] = {kBK, 1, uint32_t(bn)};
@@ -844,16 +890,34 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
   p.vec_store = s.K % 2 == 0 && s.Kg() % 2 == 0 && p.o_q % 2 == 0 && p.o_p % 2 == 0 && p.o_n % 2 == 0 &&
                 p.o_base % 2 == 0 && aligned(y, 4) && (epi.residual == nullptr || aligned(epi.residual, 4));
 
+  if (tm != nullptr) {
+    p.tap_r0 = tm->r0;
+    p.tap_dr = tm->dr;
+    p.tap_s0 = tm->s0;
+    p.tap_ds = tm->ds;
+    p.tap_S = int(tm->S);
+  }
   if (plan.splits > 1) {
-    cudaError_t err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);  // split plans are 64 x 64
+    cudaError_t err = cudaSuccess;  // split plans are 64 x 64
+    if constexpr (sizeof(T) == 2) {
+      err = tm != nullptr ? launch_cfg<Sm90Small, T, true, false, false, true>(tx, tw, p, sms, stream)
+                          : launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
+    } else {
+      err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
+    }
     if (err != cudaSuccess) return err;
     const int64_t total = s.fprop_m() * s.K;
     FC_LAUNCH(grid_for(total, 256), 256, 0, stream, splitk_reduce_kernel<T>)(p.partial, p.splits, total, epi, y, s.K);
     return launch_status();
   }
-  if (stats != nullptr) {
-    p.stats = stats;
-    return launch_plan<T, false, false, true>(plan, tx, tw, p, sms, stream);
+  if constexpr (sizeof(T) == 2) {  // statistics and w-as-B: 16-bit only
+    if (stats != nullptr) {
+      p.stats = stats;
+      return launch_plan<T, false, false, true>(plan, tx, tw, p, sms, stream);
+    }
+    if (tm != nullptr) return launch_plan<T, false, false, false, true>(plan, tx, tw, p, sms, stream);
+  } else if (stats != nullptr) {
+    return cudaErrorInvalidValue;
   }
   return launch_plan<T, false, false>(plan, tx, tw, p, sms, stream);
 }
@@ -924,8 +988,8 @@ bool can_implement_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int el
   return tile != Sm90Tile::kSplitK || k_iters_of(f, elem_bytes) >= 2;  // split-K needs two k-iterations
 }
 
-// fprop: the split-K partials (the bias is read in T); dgrad: the flipped filter + the split-K partials of its
-// fprop. The rule's (kAuto) partials are optional: counted only when they fit workspace_limit.
+// fprop: the split-K partials (the bias is read in T); dgrad: the split-K partials of its fprop (+ the
+// flipped filter or class sub-filters for TF32). The rule's (kAuto) partials are optional: counted only when they fit workspace_limit.
 size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t workspace_limit) {
   if (elem_bytes != 2 && elem_bytes != 4) return 0;
   Conv2dShape f = s;
@@ -936,7 +1000,7 @@ size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, in
     std::vector<DgradClass> classes;
     if (dgrad_classes(s, elem_bytes, &classes)) return class_filter_bytes(s, elem_bytes);  // no partials
     if (!dgrad_as_fprop(s, &f) || !fprop_geometry_ok(f, elem_bytes)) return 0;
-    fixed = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * size_t(elem_bytes));
+    fixed = flip_filter_bytes(s, elem_bytes);
   } else {
     if (!wgrad_geometry_ok(s, elem_bytes)) return 0;
     const size_t limit = tile == Sm90Tile::kSplitK ? SIZE_MAX : workspace_limit;  // forced: its whole need
@@ -973,10 +1037,11 @@ std::string describe_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int 
              " with taps), each a stride-1 fprop of dy under the tile rule";
     }
     dgrad_as_fprop(s, &f);
-    fixed = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * size_t(elem_bytes));
+    fixed = flip_filter_bytes(s, elem_bytes);
   }
   if (!fprop_plan(f, elem_bytes, tile, false, limit > fixed ? limit - fixed : 0, &plan)) plan = make_plan(f, elem_bytes, tile);
-  return std::string(dir == ConvDir::kDgrad ? "dgrad (flipped filter): " : "") + describe_plan(plan, s.groups);
+  const char* what = dir != ConvDir::kDgrad ? "" : elem_bytes == 2 ? "dgrad (w read flipped): " : "dgrad (flipped filter): ";
+  return what + describe_plan(plan, s.groups);
 }
 
 template <typename T>
@@ -1002,9 +1067,10 @@ cudaError_t fprop_tile(Sm90Tile tile, const Conv2dShape& s, const T* x, const T*
 template <typename T>
 cudaError_t strided_dgrad(Sm90Tile tile, const Conv2dShape& s, const std::vector<DgradClass>& classes, const T* dy,
                           const T* w, T* dx, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  constexpr bool kDirect = sizeof(T) == 2;  // w read by the loads (kDgradW); TF32 needs the sub-filters
   const size_t filt = class_filter_bytes(s, sizeof(T));
-  if (dy == nullptr || w == nullptr || dx == nullptr || ws == nullptr || ws_bytes < filt || !aligned(ws, 16) ||
-      tile == Sm90Tile::kSplitK)
+  if (dy == nullptr || w == nullptr || dx == nullptr || (filt > 0 && (ws == nullptr || ws_bytes < filt)) ||
+      (ws != nullptr && !aligned(ws, 16)) || tile == Sm90Tile::kSplitK)
     return cudaErrorInvalidValue;
   bool any_empty = false;
   for (const DgradClass& c : classes) any_empty = any_empty || c.Rt == 0 || c.St == 0;
@@ -1012,19 +1078,27 @@ cudaError_t strided_dgrad(Sm90Tile tile, const Conv2dShape& s, const std::vector
     cudaError_t err = cudaMemsetAsync(dx, 0, size_t(s.N * s.H * s.W * s.C) * sizeof(T), stream);
     if (err != cudaSuccess) return err;
   }
-  int64_t off = 0;  // each class's sub-filter, packed in class order (every tap once)
+  int64_t off = 0;  // TF32: each class's sub-filter, packed in class order (every tap once)
   for (const DgradClass& c : classes) {
     if (c.Rt == 0 || c.St == 0) continue;
-    T* wc = static_cast<T*>(ws) + off;
-    const int64_t total = s.K * c.Rt * c.St * s.Cg();
-    off += (total + 7) / 8 * 8;  // 16-byte aligned starts (TMA)
-    FC_LAUNCH(grid_for(total, 256), 256, 0, stream, class_filter_kernel<T>)(w, wc, s.K, s.R, s.S, s.Cg(), s.groups,
-                                                                          c.r0h, c.r0w, c.step_h, c.step_w,
-                                                                          c.Rt, c.St);
-    cudaError_t err = launch_status();
-    if (err != cudaSuccess) return err;
-    err = run_fprop<T>(tile, c.f, dy, wc, ConvEpilogue<T>{}, dx, nullptr, 0, stream, &c.rm);
-    if (err != cudaSuccess) return err;
+    if constexpr (kDirect) {
+      // class tap (t, u) is w's (r0h + step_h·(Rt − 1 − t), r0w + step_w·(St − 1 − u)), as class_filter_kernel
+      const Sm90TapMap tm{int(c.r0h + c.step_h * (c.Rt - 1)), int(c.step_h), int(c.r0w + c.step_w * (c.St - 1)),
+                          int(c.step_w), s.K, s.R, s.S, s.Cg()};
+      cudaError_t err = run_fprop<T>(tile, c.f, dy, w, ConvEpilogue<T>{}, dx, nullptr, 0, stream, &c.rm, nullptr, &tm);
+      if (err != cudaSuccess) return err;
+    } else {  // TF32: each class's packed sub-filter (K-major B) in the workspace
+      T* wc = static_cast<T*>(ws) + off;
+      const int64_t total = s.K * c.Rt * c.St * s.Cg();
+      off += (total + 7) / 8 * 8;  // 16-byte aligned starts (TMA)
+      FC_LAUNCH(grid_for(total, 256), 256, 0, stream, class_filter_kernel<T>)(w, wc, s.K, s.R, s.S, s.Cg(),
+                                                                            s.groups, c.r0h, c.r0w, c.step_h,
+                                                                            c.step_w, c.Rt, c.St);
+      cudaError_t err = launch_status();
+      if (err != cudaSuccess) return err;
+      err = run_fprop<T>(tile, c.f, dy, wc, ConvEpilogue<T>{}, dx, nullptr, 0, stream, &c.rm);
+      if (err != cudaSuccess) return err;
+    }
   }
   return cudaSuccess;
 }
@@ -1036,15 +1110,20 @@ cudaError_t dgrad_tile(Sm90Tile tile, const Conv2dShape& s, const T* dy, const T
   if (dgrad_classes(s, sizeof(T), &classes)) return strided_dgrad<T>(tile, s, classes, dy, w, dx, ws, ws_bytes, stream);
   Conv2dShape f;
   if (!dgrad_as_fprop(s, &f) || dy == nullptr || w == nullptr || dx == nullptr) return cudaErrorInvalidValue;
-  const size_t flip = align_ws(size_t(s.K) * size_t(s.R * s.S * s.Cg()) * sizeof(T));
-  if (ws == nullptr || ws_bytes < flip || !aligned(ws, 16)) return cudaErrorInvalidValue;
-  T* wf = static_cast<T*>(ws);
-  const int64_t total = s.K * s.R * s.S * s.Cg();
-  FC_LAUNCH(grid_for(total, 256), 256, 0, stream, flip_filter_kernel<T>)(w, wf, s.K, s.R, s.S, s.Cg(), s.groups);
-  cudaError_t err = launch_status();
-  if (err != cudaSuccess) return err;
-  unsigned char* rest = ws_bytes > flip ? static_cast<unsigned char*>(ws) + flip : nullptr;
-  return run_fprop<T>(tile, f, dy, wf, ConvEpilogue<T>{}, dx, rest, ws_bytes > flip ? ws_bytes - flip : 0, stream);
+  if constexpr (sizeof(T) == 2) {  // w read flipped by the loads: the workspace is all split-K partials
+    const Sm90TapMap tm{int(s.R - 1), 1, int(s.S - 1), 1, s.K, s.R, s.S, s.Cg()};
+    return run_fprop<T>(tile, f, dy, w, ConvEpilogue<T>{}, dx, ws, ws_bytes, stream, nullptr, nullptr, &tm);
+  } else {  // TF32: no N-major tf32 wgmma, so the flipped copy w' (K-major B) in the workspace
+    const size_t flip = flip_filter_bytes(s, sizeof(T));
+    if (ws == nullptr || ws_bytes < flip || !aligned(ws, 16)) return cudaErrorInvalidValue;
+    T* wf = static_cast<T*>(ws);
+    const int64_t total = s.K * s.R * s.S * s.Cg();
+    FC_LAUNCH(grid_for(total, 256), 256, 0, stream, flip_filter_kernel<T>)(w, wf, s.K, s.R, s.S, s.Cg(), s.groups);
+    cudaError_t err = launch_status();
+    if (err != cudaSuccess) return err;
+    unsigned char* rest = ws_bytes > flip ? static_cast<unsigned char*>(ws) + flip : nullptr;
+    return run_fprop<T>(tile, f, dy, wf, ConvEpilogue<T>{}, dx, rest, ws_bytes > flip ? ws_bytes - flip : 0, stream);
+  }
 }
 
 // conv2d_bn_train's fprop: the rule's plan without split-K (fprop_plan's `whole`), one (mean, M2) slot per

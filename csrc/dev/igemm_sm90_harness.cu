@@ -380,7 +380,16 @@ bool check_dgrad(const Case& c) {
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<T> got(nx);
   CUDA_CHECK(cudaMemcpy(got.data(), ddx.p, nx * sizeof(T), cudaMemcpyDeviceToHost));
-  return compare("dgrad", c, got, ref, mag);
+  bool ok = compare("dgrad", c, got, ref, mag);
+  if constexpr (sizeof(T) == 2) {
+    // 16-bit reads w itself (no flipped copy): no workspace at all, the rule's plan without split-K.
+    CUDA_CHECK(cudaMemset(ddx.p, 0xff, nx * sizeof(T)));
+    CUDA_CHECK(conv2d_implicit_gemm_sm90_dgrad<T>(s, ddy.p, dw.p, ddx.p, nullptr, 0, 0));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(got.data(), ddx.p, nx * sizeof(T), cudaMemcpyDeviceToHost));
+    ok &= compare("dgrad no-ws", c, got, ref, mag);
+  }
+  return ok;
 }
 
 // wgrad: dw[k][r][s][c] = Σ_{n,p,q} dy[n][p][q][k] · x[n][in_h(p, r)][in_w(q, s)][g·Cg + c], against a double

@@ -62,7 +62,7 @@ FASTCONV_DECLARE_CONV_ALGO(gemm1x1)
 // fprop, dgrad and wgrad for both element sizes; any C, K, groups, stride, padding, dilation: the
 // 16-byte cp.async path needs C/groups and K/groups multiples of 8 (4 for float), any other size runs
 // the predicated element-wise path. can_implement is false for elem_bytes other than 2 and 4.
-// Workspace: fprop the bias converted to float (none for float); dgrad none; wgrad FP32 split-K
+// Workspace: fprop none (the epilogue reads the bias in T); dgrad none; wgrad FP32 split-K
 // partials (as many K·R·S·C/groups slices as workspace_limit allows, at least one), summed in a fixed
 // order (deterministic, no atomics).
 FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
@@ -73,9 +73,10 @@ FASTCONV_DECLARE_CONV_ALGO(implicit_gemm)
 // enabled). fprop (any stride/padding/dilation within TMA's im2col limits; C·elem and C/groups·elem
 // multiples of 16 bytes; groups > 1 needs C/groups a multiple of 128 bytes of channels), dgrad (stride 1
 // as an fprop of the flipped filter; stride > 1 by residue classes; K·elem a multiple of 16 bytes) and
-// wgrad (16-bit only; K·elem a multiple of 16 bytes). Workspace: fprop the bias as float and, when it
-// fits the limit, FP32 split-K partials (small-M problems); dgrad the flipped filter or the classes'
-// sub-filters (+ partials for stride 1); wgrad the split-K partials, as many slices as fit.
+// wgrad (16-bit only; K·elem a multiple of 16 bytes). Workspace: fprop, when it fits the limit, FP32
+// split-K partials (small-M problems); dgrad the same for stride 1, plus (TF32 only: 16-bit reads w
+// itself) the flipped filter or the classes' sub-filters; wgrad the split-K partials, as many slices as
+// fit. With none at all, every 16-bit direction of the rule's algorithm still runs (without split-K).
 // Never run on a GPU yet: verified on the emulated sm_90 device only. The tile configuration is the
 // launcher's rule (conv2d_igemm_sm90.cu: make_plan, make_wgrad_plan); the _128x128, _128x64, _64x64 and
 // _splitk algorithms force one (same contract; _splitk needs its partials in the workspace), for the autotuner
