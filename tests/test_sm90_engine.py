@@ -343,19 +343,39 @@ def test_conv2d_bn_train_statistics_epilogue(case, dtype):
         assert eo <= 2 * et + 1e-4, f"{case[0]} {dtype} {name}: our error {eo:.3g} > 2 x torch's {et:.3g} + 1e-4"
 
 
-def test_conv2d_bn_train_composes_when_the_partials_do_not_fit():
+def test_conv2d_bn_train_composes_when_the_partials_do_not_fit(capfd):
     # Under a workspace limit below the partials (here 1 KiB) the op runs the conv, then batch_norm_train:
     # the same results. The raw op (the Python layer would refuse the engine under this limit for dgrad).
+    # On the emulator its launch counters say which path ran: the statistics kernel only without the limit.
     x, w, bw, bb = _inputs([(2, 64, 7, 7), (32, 64, 1, 1), (32,), (32,)], seed=4)
     xd, wd = _cl(x).to(CUDA_DEVICE, torch.float16), _cl(w).to(CUDA_DEVICE, torch.float16)
     args = (bw.float().to(CUDA_DEVICE), bb.float().to(CUDA_DEVICE), [1, 1], [0, 0], [1, 1], 1, 1e-5, False, ALGO)
-    fused = ops.conv2d_bn_train(xd, wd, *args)
+    emu = fastconv._ext.cuda_binding(EMULATED) if EMULATED else None
+
+    def stats_kernel_launches() -> int:  # cumulative since the counters were turned on
+        capfd.readouterr()
+        emu.print_counters()
+        out = capfd.readouterr().out
+        line = [ln for ln in out.splitlines() if ln.startswith("bn_stats_finalize_kernel (conv2d_igemm_sm90")]
+        return sum(int(ln.rsplit(":", 1)[1].split()[0]) for ln in line)
+
     old = fastconv._ext.cuda_binding(EMULATED).workspace_limit()
-    fastconv._ext.set_workspace_limit(1024)
+    if emu is not None:
+        emu.set_counters(True)
     try:
-        composed = ops.conv2d_bn_train(xd, wd, *args)
+        fastconv._ext.set_workspace_limit(1024)
+        try:
+            composed = ops.conv2d_bn_train(xd, wd, *args)
+        finally:
+            fastconv._ext.set_workspace_limit(old)
+        if emu is not None:
+            assert stats_kernel_launches() == 0  # composed: conv2d + batch_norm_train
+        fused = ops.conv2d_bn_train(xd, wd, *args)
+        if emu is not None:
+            assert stats_kernel_launches() == 1  # the engine's statistics epilogue + finalize
     finally:
-        fastconv._ext.set_workspace_limit(old)
+        if emu is not None:
+            emu.set_counters(False)
     c64 = F.conv2d(x, w)
     out64 = F.batch_norm(c64, None, None, bw, bb, training=True)
     for got in (fused, composed):

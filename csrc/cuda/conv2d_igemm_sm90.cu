@@ -6,7 +6,7 @@
 //         CC = ceil(Cg / BK) channel chunks of BK elements = 128 bytes)
 //   A[m][k] = x[n, p·sh − ph + r·dh, q·sw − pw + s·dw, g·Cg + c] (0 in padding)   B[j][k] = w[g·Kg + j, r, s, c]
 //
-// Kernel: igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad, kStats>, Cfg one of Sm90Large (128 x 128), Sm90Wide (128 x 64)
+// Kernel: igemm_sm90_kernel<Cfg, T, kSplitK, kWgrad, kStats, kDgradW>, Cfg one of Sm90Large (128 x 128), Sm90Wide (128 x 64)
 // and Sm90Small (64 x 64), a persistent grid (min(tiles, SMs · Cfg::kBlocksPerSm = 1)) of
 // blocks of 1 producer warpgroup + Cfg::kConsumers consumer warpgroups (128 threads each). Block b
 // processes tiles b, b + gridDim.x, ... (tile = (split, m-tile, n-tile, group), m fastest so that
@@ -37,12 +37,14 @@
 //   kStats (conv2d_bn_train, 16-bit): plain y, no split-K, and per warp's 16 rows the per-channel (mean, M2)
 //   of y as rounded to T, merged over the 8 lanes of a column by shuffles; bn_stats_finalize_kernel merges
 //   the slots in a fixed order.
-// dgrad (stride 1 only): dx = fprop(dy, w') with w'[c][r][s][k] = w[k][R−1−r][S−1−s][c] written to the
-// workspace by flip_filter_kernel, padding dh·(R−1) − ph (must be >= 0): the same kernel and tiles.
+// dgrad (stride 1 only): dx = fprop(dy, w') with w'[c][r][s][k] = w[k][R−1−r][S−1−s][c], padding
+// dh·(R−1) − ph (must be >= 0): the same kernel and tiles. 16-bit (kDgradW): B is loaded from w itself at
+// the flipped tap (64 channels x 64 filters per box: N-major, imm-trans-b); TF32: flip_filter_kernel
+// writes w' to the workspace.
 // dgrad (stride > 1, any dilation): by residue classes (dgrad_classes): each of the sh·sw classes of dx
-// pixels is a stride-1 fprop of dy with its own flipped sub-filter (class_filter_kernel), asymmetric
-// window corners, and output rows remapped into dx (Sm90Params::o_*); no zero taps, so none of the
-// predicated gather's stride² wasted MMAs.
+// pixels is a stride-1 fprop of dy with its own flipped sub-filter (16-bit: read from w; TF32:
+// class_filter_kernel), asymmetric window corners, and output rows remapped into dx (Sm90Params::o_*); no
+// zero taps, so none of the predicated gather's stride² wasted MMAs.
 // wgrad (f16/bf16; kWgrad): per group, GEMM M = Kg filters, N = R·S·CCw·64 filter columns (tap rs, chunk
 // cc of 64 channels; columns past Cg are computed and not stored), K = N·P·Q pixels in k-iterations of
 // 64: dw[f][rs][c] = Σ_pix dy[pix][g·Kg + f] · x_im2col[pix][rs][g·Cg + c]. The producer loads A = dy by a
@@ -302,25 +304,21 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const unsigned int b = stage_b(stage);
 #pragma unroll
       for (int k = 0; k < Cfg::kSteps; ++k) {
-        if constexpr (kWgrad) {
-          // MN-major SW128: 8 K (pixel) rows of 128 bytes per atom, the next 8 rows at SBO = 1024, the next
-          // 64 columns (B's second chunk) at LBO = one sub-tile; 16 pixel rows per wgmma.
-          const uint64_t da = make_smem_desc(a + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
-                                             SmemSwizzle::k128B);
-          const uint64_t db = make_smem_desc(b + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
-                                             SmemSwizzle::k128B);
-          wgmma_ss<T, Cfg::kBN, true, true>(acc, da, db, kit > kb || k > 0);
-        } else if constexpr (kDgradW) {
-          // A K-major as fprop; B N-major SW128 as wgrad's B: 16 filter rows per wgmma.
-          const uint64_t da = make_smem_desc(a + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
-          const uint64_t db = make_smem_desc(b + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
-                                             SmemSwizzle::k128B);
-          wgmma_ss<T, Cfg::kBN, false, true>(acc, da, db, kit > kb || k > 0);
-        } else {
-          const uint64_t da = make_smem_desc(a + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
-          const uint64_t db = make_smem_desc(b + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
-          wgmma_ss<T, Cfg::kBN>(acc, da, db, kit > kb || k > 0);
-        }
+        // K-major SW128 (fprop's A and B, dgrad's A): 128-byte rows of K, SBO = 1024 per 8 rows, the k16
+        // step 32 bytes inside the atom. MN-major SW128 (wgrad's A and B, 16-bit dgrad's B read from w):
+        // rows of K (pixels / filters) of 128 bytes of M or N, the next 8 rows at SBO = 1024, the next 64
+        // columns (a second sub-tile) at LBO = 8 KB; 16 K rows per wgmma.
+        const auto k_major = [&](unsigned int base) {
+          return make_smem_desc(base + k * Cfg::kStepBytes, 16, 8 * Cfg::kRowBytes, SmemSwizzle::k128B);
+        };
+        const auto mn_major = [&](unsigned int base) {
+          return make_smem_desc(base + k * Cfg::kWgradStepBytes, Cfg::kSubTileBytes, 8 * Cfg::kRowBytes,
+                                SmemSwizzle::k128B);
+        };
+        constexpr bool kTransA = kWgrad, kTransB = kWgrad || kDgradW;
+        const uint64_t da = kTransA ? mn_major(a) : k_major(a);
+        const uint64_t db = kTransB ? mn_major(b) : k_major(b);
+        wgmma_ss<T, Cfg::kBN, kTransA, kTransB>(acc, da, db, kit > kb || k > 0);
       }
       wgmma_commit_group();
       // The previous stage's MMAs are complete once at most this group is in flight.
@@ -733,10 +731,9 @@ bool dgrad_classes(const Conv2dShape& s, int elem_bytes, std::vector<DgradClass>
   return true;
 }
 
-// The residue classes' sub-filters: every tap once, each class's start rounded up to 8 elements (16-byte
-// aligned for TMA), at most sh·sw ≤ 64 classes.
-// dgrad's filter copies, TF32 only (16-bit reads w itself: kDgradW): the residue classes' packed sub-filters,
-// or the stride-1 flipped filter.
+// dgrad's filter copies, TF32 only (16-bit reads w itself: kDgradW): the residue classes' sub-filters (every
+// tap once, each class's start rounded up to 8 elements — 16-byte aligned for TMA —, at most sh·sw ≤ 64
+// classes), or the stride-1 flipped filter.
 size_t class_filter_bytes(const Conv2dShape& s, int elem_bytes) {
   if (elem_bytes == 2) return 0;
   return align_ws((size_t(s.K) * size_t(s.R * s.S * s.Cg()) + 8 * 64) * size_t(elem_bytes));
@@ -839,7 +836,9 @@ template <typename T>
 cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* w, const ConvEpilogue<T>& epi, T* y,
                       void* ws, size_t ws_bytes, cudaStream_t stream, const Sm90Remap* rm = nullptr,
                       float2* stats = nullptr, const Sm90TapMap* tm = nullptr) {
-  if (tm != nullptr && (sizeof(T) != 2 || stats != nullptr)) return cudaErrorInvalidValue;
+  // statistics and w-as-B are 16-bit only, and not together
+  if ((tm != nullptr || stats != nullptr) && (sizeof(T) != 2 || (tm != nullptr && stats != nullptr)))
+    return cudaErrorInvalidValue;
   int sms = 0;
   if (!sm90_device(&sms) || (rm == nullptr && !fprop_geometry_ok(s, sizeof(T))) || x == nullptr || w == nullptr ||
       y == nullptr || !aligned(x, 16) || !aligned(w, 16))
@@ -900,24 +899,20 @@ cudaError_t run_fprop(Sm90Tile tile, const Conv2dShape& s, const T* x, const T* 
   if (plan.splits > 1) {
     cudaError_t err = cudaSuccess;  // split plans are 64 x 64
     if constexpr (sizeof(T) == 2) {
-      err = tm != nullptr ? launch_cfg<Sm90Small, T, true, false, false, true>(tx, tw, p, sms, stream)
-                          : launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
-    } else {
-      err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
+      if (tm != nullptr) err = launch_cfg<Sm90Small, T, true, false, false, true>(tx, tw, p, sms, stream);
     }
+    if (tm == nullptr) err = launch_cfg<Sm90Small, T, true>(tx, tw, p, sms, stream);
     if (err != cudaSuccess) return err;
     const int64_t total = s.fprop_m() * s.K;
     FC_LAUNCH(grid_for(total, 256), 256, 0, stream, splitk_reduce_kernel<T>)(p.partial, p.splits, total, epi, y, s.K);
     return launch_status();
   }
-  if constexpr (sizeof(T) == 2) {  // statistics and w-as-B: 16-bit only
+  if constexpr (sizeof(T) == 2) {  // (instantiated for 16-bit only)
     if (stats != nullptr) {
       p.stats = stats;
       return launch_plan<T, false, false, true>(plan, tx, tw, p, sms, stream);
     }
     if (tm != nullptr) return launch_plan<T, false, false, false, true>(plan, tx, tw, p, sms, stream);
-  } else if (stats != nullptr) {
-    return cudaErrorInvalidValue;
   }
   return launch_plan<T, false, false>(plan, tx, tw, p, sms, stream);
 }
@@ -989,7 +984,8 @@ bool can_implement_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int el
 }
 
 // fprop: the split-K partials (the bias is read in T); dgrad: the split-K partials of its fprop (+ the
-// flipped filter or class sub-filters for TF32). The rule's (kAuto) partials are optional: counted only when they fit workspace_limit.
+// flipped filter or class sub-filters for TF32). The rule's (kAuto) partials are optional: counted only
+// when they fit workspace_limit.
 size_t workspace_bytes_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int elem_bytes, size_t workspace_limit) {
   if (elem_bytes != 2 && elem_bytes != 4) return 0;
   Conv2dShape f = s;
@@ -1040,7 +1036,9 @@ std::string describe_tile(Sm90Tile tile, const Conv2dShape& s, ConvDir dir, int 
     fixed = flip_filter_bytes(s, elem_bytes);
   }
   if (!fprop_plan(f, elem_bytes, tile, false, limit > fixed ? limit - fixed : 0, &plan)) plan = make_plan(f, elem_bytes, tile);
-  const char* what = dir != ConvDir::kDgrad ? "" : elem_bytes == 2 ? "dgrad (w read flipped): " : "dgrad (flipped filter): ";
+  const char* what = dir != ConvDir::kDgrad ? ""
+                     : elem_bytes == 2     ? "dgrad (w read flipped): "
+                                           : "dgrad (flipped filter): ";
   return what + describe_plan(plan, s.groups);
 }
 

@@ -48,9 +48,9 @@
 //   warp's (mean, M2) for its WM rows to ws as partial[slot][k], slot = blockIdx.x·kWarpsM + warp_m:
 //   one writer per element, no atomics, no shared memory, no extra barrier. The count of a slot is
 //   implicit (min(WM, M − slot·WM) rows), so the partials cost 8 bytes per channel per 32 or 64 rows.
-//   bn_stats_finalize_kernel (bn_stats_finalize.cuh; one block per channel) merges the slots in a fixed order (strided
-//   per-thread runs, then a fixed tree) in double and writes save_mean, batch_var (biased) and
-//   save_invstd = 1/sqrt(var + eps). Deterministic: the same bits on every run.
+//   bn_stats_finalize_kernel (bn_stats_finalize.cuh; one block per channel) merges the slots in a fixed
+//   order (strided per-thread runs, then a fixed tree) in double and writes save_mean, batch_var (biased)
+//   and save_invstd = 1/sqrt(var + eps). Deterministic: the same bits on every run.
 //   Why (mean, M2) rather than (Σ, Σ²): a conv output's mean is often large next to its spread (a
 //   ReLU'd input through positive filters); Σ² − (Σ)²/n in FP32 then cancels catastrophically
 //   (variance < 0 or all of its digits lost), while the Chan merge only ever adds non-negative M2s
